@@ -1,0 +1,159 @@
+"""The FHIR RESTful API over HTTP (https://hl7.org/fhir/R4/http.html), bound to FastAPI.
+
+The only module of the record core that imports FastAPI/Starlette. Each route reads the body
+(bounded), builds a FhirRequest and runs the framework-free ``dispatch`` in a worker thread.
+No stack trace or SQL text ever reaches a client: unexpected errors become a generic
+OperationOutcome and are logged here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from fhir_server.context import Context
+from fhir_server.errors import Category, FhirError
+from fhir_server.request import FHIR_JSON, FhirRequest, FhirResponse, is_whole_number
+from fhir_server.router import dispatch
+
+log = logging.getLogger(__name__)
+PREFIX = "/fhir"
+_MEDIA = f"{FHIR_JSON}; charset=utf-8"
+_BODY = {"requestBody": {"content": {FHIR_JSON: {"schema": {"type": "object"}}}}}
+_PATCH_BODY = {
+    "requestBody": {"content": {"application/json-patch+json": {"schema": {"type": "array"}}}}
+}
+
+# (method, path, summary, OpenAPI request body): one route per method, so each has its own
+# operation id in the OpenAPI description.
+_ROUTES: tuple[tuple[str, str, str, dict[str, Any] | None], ...] = (
+    ("GET", "/metadata", "capabilities", None),
+    ("POST", "", "batch or transaction", _BODY),
+    ("GET", "/_history", "history (system)", None),
+    ("POST", "/{type}/_search", "search via POST", None),
+    ("GET", "/{type}/_history", "history (type)", None),
+    ("POST", "/{type}/$validate", "$validate", _BODY),
+    ("GET", "/{type}", "search", None),
+    ("DELETE", "/{type}", "conditional delete", None),
+    ("POST", "/{type}", "create", _BODY),
+    ("PUT", "/{type}", "conditional update", _BODY),
+    ("PATCH", "/{type}", "conditional patch", _PATCH_BODY),
+    ("GET", "/{type}/{id}/_history/{vid}", "vread", None),
+    ("GET", "/{type}/{id}/_history", "history (instance)", None),
+    ("POST", "/{type}/{id}/$validate", "$validate (instance)", _BODY),
+    ("GET", "/{type}/{id}", "read", None),
+    ("DELETE", "/{type}/{id}", "delete", None),
+    ("PUT", "/{type}/{id}", "update", _BODY),
+    ("PATCH", "/{type}/{id}", "patch", _PATCH_BODY),
+)
+_PATH_PARAMETERS = {"type": "resource type", "id": "logical id", "vid": "version id"}
+
+
+def install(app: FastAPI, ctx: Context) -> None:
+    """Adds the FHIR API under /fhir and turns every HTTP-level error into an OperationOutcome."""
+    router = APIRouter(prefix=PREFIX)
+    endpoint = _endpoint(ctx)
+    for method, path, summary, body in _ROUTES:
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=[method],
+            summary=summary,
+            openapi_extra=_openapi(path, body),
+            response_class=Response,
+            operation_id=re.sub(r"[^a-z0-9]+", "-", summary).strip("-"),
+        )
+    # Clients post bundles to the base with or without a trailing slash.
+    router.add_api_route("/", endpoint, methods=["POST"], include_in_schema=False)
+    app.include_router(router)
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected)
+
+
+def _openapi(path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    extra: dict[str, Any] = dict(body or {})
+    names = [n for n in _PATH_PARAMETERS if "{" + n + "}" in path]
+    if names:
+        extra["parameters"] = [
+            {
+                "name": n,
+                "in": "path",
+                "required": True,
+                "description": _PATH_PARAMETERS[n],
+                "schema": {"type": "string"},
+            }
+            for n in names
+        ]
+    return extra
+
+
+def _endpoint(ctx: Context) -> Callable[[Request], Awaitable[Response]]:
+    limit = ctx.settings.max_body_bytes
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            body = await _read_body(request, limit)
+        except FhirError as error:
+            return _response(FhirResponse.error(error))
+        fhir_request = FhirRequest(
+            method=request.method,
+            # The raw scope path: request.url re-parses it and drops decoded tab/CR/LF.
+            path=request.scope["path"][len(PREFIX) :].strip("/"),
+            query=request.query_params.multi_items(),
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=body,
+            base=str(request.base_url).rstrip("/") + PREFIX,
+        )
+        return _response(await run_in_threadpool(dispatch, fhir_request, ctx))
+
+    return endpoint
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if is_whole_number(declared, 2**63 - 1) and int(declared) > limit:
+        raise FhirError(Category.TOO_LARGE, f"The body is larger than {limit} bytes.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise FhirError(Category.TOO_LARGE, f"The body is larger than {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _response(response: FhirResponse) -> Response:
+    if not response.body:
+        return Response(status_code=response.status, headers=response.headers)
+    return Response(response.body, response.status, response.headers, media_type=_MEDIA)
+
+
+def _outcome(category: Category, message: str) -> Response:
+    return _response(FhirResponse.error(FhirError(category, message)))
+
+
+async def _http_error(_request: Request, exc: HTTPException) -> Response:
+    if exc.status_code == 404:
+        return _outcome(Category.NOT_FOUND, "There is nothing at this URL.")
+    if exc.status_code == 405:
+        return _outcome(Category.METHOD_NOT_ALLOWED, "This HTTP method is not allowed at this URL.")
+    response = _outcome(Category.INVALID, str(exc.detail))
+    response.status_code = exc.status_code
+    return response
+
+
+async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
+    return _outcome(Category.INVALID, "The request is malformed.")
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _outcome(Category.FAULT, "An internal error occurred; it has been logged.")

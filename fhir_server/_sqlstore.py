@@ -1,0 +1,614 @@
+"""The SQL store: one schema for SQLite and PostgreSQL, written with SQLAlchemy Core.
+
+https://hl7.org/fhir/R4/http.html#versioning — every version is a row of ``resource_version``;
+``resource`` points at the current one. Search index rows (``ix_*``) are replaced in the same
+transaction as the version they describe. The only module of the record core that imports
+SQLAlchemy and Alembic.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import operator
+import threading
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from fhir_server.criteria import Criterion, DateRange, Reference, Token, Value
+from fhir_server.store import (
+    HistoryQuery,
+    NewVersion,
+    StoredVersion,
+    StoreUnavailable,
+    VersionConflict,
+)
+
+metadata = sa.MetaData()
+_Seq = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+resource_version = sa.Table(
+    "resource_version",
+    metadata,
+    sa.Column("seq", _Seq, primary_key=True, autoincrement=True),
+    sa.Column("res_type", sa.String(64), nullable=False),
+    sa.Column("res_id", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("last_updated", sa.BigInteger, nullable=False),
+    sa.Column("method", sa.String(8), nullable=False),
+    sa.Column("deleted", sa.Boolean, nullable=False),
+    sa.Column("content", sa.LargeBinary, nullable=True),
+    sa.UniqueConstraint("res_type", "res_id", "version", name="uq_resource_version"),
+    sa.Index("ix_resource_version_type_seq", "res_type", "seq"),
+)
+resource = sa.Table(
+    "resource",
+    metadata,
+    sa.Column("res_type", sa.String(64), primary_key=True),
+    sa.Column("res_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("last_updated", sa.BigInteger, nullable=False),
+    sa.Column("deleted", sa.Boolean, nullable=False),
+)
+
+
+def _index_table(name: str, *columns: sa.Column[Any], lookup: Sequence[str]) -> sa.Table:
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("res_type", sa.String(64), nullable=False),
+        sa.Column("res_id", sa.String(64), nullable=False),
+        sa.Column("param", sa.String(100), nullable=False),
+        *columns,
+        sa.Index(f"{name}_resource", "res_type", "res_id"),
+        sa.Index(f"{name}_lookup", "res_type", "param", *lookup),
+    )
+
+
+_Text = sa.Text
+ix_token = _index_table(
+    "ix_token",
+    sa.Column("system", _Text),
+    sa.Column("code", _Text),
+    sa.Column("text", _Text),
+    lookup=("code", "system"),
+)
+ix_string = _index_table(
+    "ix_string",
+    sa.Column("value", _Text, nullable=False),
+    sa.Column("exact", _Text, nullable=False),
+    lookup=("value",),
+)
+ix_reference = _index_table(
+    "ix_reference",
+    sa.Column("target_type", sa.String(64)),
+    sa.Column("target_id", sa.String(64)),
+    sa.Column("version", sa.String(64)),
+    sa.Column("url", _Text, nullable=False),
+    lookup=("target_id", "target_type"),
+)
+ix_date = _index_table(
+    "ix_date",
+    sa.Column("low", sa.BigInteger, nullable=False),
+    sa.Column("high", sa.BigInteger, nullable=False),
+    lookup=("low", "high"),
+)
+ix_number = _index_table(
+    "ix_number",
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("low", sa.Float, nullable=False),
+    sa.Column("high", sa.Float, nullable=False),
+    lookup=("value",),
+)
+ix_quantity = _index_table(
+    "ix_quantity",
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("low", sa.Float, nullable=False),
+    sa.Column("high", sa.Float, nullable=False),
+    sa.Column("system", _Text),
+    sa.Column("code", _Text),
+    sa.Column("unit", _Text),
+    lookup=("code", "value"),
+)
+ix_uri = _index_table("ix_uri", sa.Column("value", _Text, nullable=False), lookup=("value",))
+ix_position = _index_table(
+    "ix_position",
+    sa.Column("latitude", sa.Float, nullable=False),
+    sa.Column("longitude", sa.Float, nullable=False),
+    lookup=("latitude", "longitude"),
+)
+
+# IndexRows attribute -> its table; the table's columns after (res_type, res_id) are the row's fields.
+_INDEX_TABLES: dict[str, sa.Table] = {
+    "tokens": ix_token,
+    "strings": ix_string,
+    "references": ix_reference,
+    "dates": ix_date,
+    "numbers": ix_number,
+    "quantities": ix_quantity,
+    "uris": ix_uri,
+    "positions": ix_position,
+}
+
+_CURRENT_COLUMNS = (
+    resource.c.res_type,
+    resource.c.res_id,
+    resource.c.version,
+    resource.c.last_updated,
+    resource.c.deleted,
+    resource_version.c.method,
+    resource_version.c.content,
+    resource_version.c.seq,
+)
+_JOIN_CURRENT = resource.join(
+    resource_version,
+    sa.and_(
+        resource_version.c.res_type == resource.c.res_type,
+        resource_version.c.res_id == resource.c.res_id,
+        resource_version.c.version == resource.c.version,
+    ),
+)
+
+
+def normalize_url(url: str) -> str:
+    """SQLAlchemy URL for a user-facing database URL (``postgresql://`` uses psycopg 3)."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def create_engine(url: str, *, pool_size: int = 10) -> Engine:
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size)
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take transaction control from pysqlite so writers can BEGIN IMMEDIATE (no upgrade deadlocks).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    # WAL + synchronous=FULL: a committed transaction survives a crash or power loss. The page
+    # cache (default 2 MiB) is raised so index pages stay in memory as the database grows.
+    for pragma in (
+        "journal_mode=WAL",
+        "synchronous=FULL",
+        "busy_timeout=60000",
+        "foreign_keys=ON",
+        "cache_size=-131072",
+        "mmap_size=1073741824",
+        "temp_store=MEMORY",
+    ):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    connection.exec_driver_sql(connection.info.pop("begin", "BEGIN"))
+
+
+def migrate(engine: Engine) -> None:
+    """Brings the schema to the newest Alembic revision (idempotent; serialised on PostgreSQL)."""
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("fhir_server") / "migrations"))
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(727100)")
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def _version(row: Any) -> StoredVersion:
+    content = row.content
+    return StoredVersion(
+        type=row.res_type,
+        id=row.res_id,
+        version=row.version,
+        last_updated=row.last_updated,
+        deleted=row.deleted,
+        method=row.method,
+        content=bytes(content) if content is not None else None,
+        seq=row.seq,
+    )
+
+
+class _Translate:
+    """Maps driver errors to the store's exceptions at the boundary."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> None:
+        if isinstance(exc, IntegrityError):
+            raise VersionConflict(str(exc.orig)) from exc
+        if isinstance(exc, OperationalError) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated
+        ):
+            raise StoreUnavailable("The database is not available.") from exc
+
+
+class SqlUnitOfWork:
+    """Writes of one transaction; new resources are buffered and inserted in bulk."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._conn = connection
+        self._dialect = connection.dialect.name
+        self._new_versions: list[tuple[Any, ...]] = []
+        self._new_resources: list[tuple[Any, ...]] = []
+        self._new_index: dict[str, list[tuple[Any, ...]]] = {k: [] for k in _INDEX_TABLES}
+
+    def current(self, type: str, id: str) -> StoredVersion | None:
+        self.flush()
+        query = (
+            sa.select(*_CURRENT_COLUMNS)
+            .select_from(_JOIN_CURRENT)
+            .where(resource.c.res_type == type, resource.c.res_id == id)
+        )
+        if self._dialect == "postgresql":
+            query = query.with_for_update(of=resource)
+        row = self._conn.execute(query).first()
+        return _version(row) if row else None
+
+    def put(self, version: NewVersion) -> None:
+        if version.prior is None:
+            self._insert_resource(version)
+        else:
+            self._update_resource(version)
+        self._new_versions.append(
+            (
+                version.type,
+                version.id,
+                version.version,
+                version.last_updated,
+                version.method,
+                version.deleted,
+                version.content,
+            )
+        )
+        self._stage_index(version)
+
+    def _insert_resource(self, version: NewVersion) -> None:
+        row = (version.type, version.id, version.version, version.last_updated, version.deleted)
+        if version.method == "POST":
+            # Server-assigned ids cannot collide; insert in bulk at flush time.
+            self._new_resources.append(row)
+            return
+        self.flush()
+        insert = pg_insert if self._dialect == "postgresql" else sqlite_insert
+        values = dict(zip(_BULK_COLUMNS["resource"][1], row, strict=True))
+        # RETURNING, not rowcount: drivers report -1 for INSERT … ON CONFLICT DO NOTHING.
+        statement = (
+            insert(resource).values(**values).on_conflict_do_nothing().returning(resource.c.res_id)
+        )
+        if self._conn.execute(statement).first() is None:
+            raise VersionConflict(f"{version.type}/{version.id} was created concurrently.")
+
+    def _update_resource(self, version: NewVersion) -> None:
+        self.flush()
+        key = (resource.c.res_type == version.type, resource.c.res_id == version.id)
+        result = self._conn.execute(
+            resource.update()
+            .where(*key, resource.c.version == version.prior)
+            .values(
+                version=version.version,
+                last_updated=version.last_updated,
+                deleted=version.deleted,
+            )
+        )
+        if result.rowcount != 1:
+            raise VersionConflict(f"{version.type}/{version.id} was changed concurrently.")
+        for table in _INDEX_TABLES.values():
+            self._conn.execute(
+                table.delete().where(table.c.res_type == version.type, table.c.res_id == version.id)
+            )
+
+    def _stage_index(self, version: NewVersion) -> None:
+        if version.deleted:
+            return
+        key = (version.type, version.id)
+        for attr, staged in self._new_index.items():
+            fields = _ROW_FIELDS[attr]
+            staged.extend(key + fields(row) for row in getattr(version.index, attr))
+
+    def flush(self) -> None:
+        for key, rows in (
+            ("resource", self._new_resources),
+            ("resource_version", self._new_versions),
+            *self._new_index.items(),
+        ):
+            if rows:
+                self._bulk_insert(key, rows)
+                rows.clear()
+
+    def _bulk_insert(self, key: str, rows: list[tuple[Any, ...]]) -> None:
+        # The SQL is fixed, so skip SQLAlchemy's per-row parameter processing: it would cost more
+        # than the insert itself on the ingest path. PostgreSQL takes rows fastest through COPY.
+        table, columns = _BULK_COLUMNS[key]
+        if self._dialect != "postgresql":
+            self._conn.exec_driver_sql(_insert_sql(table, columns, "?"), rows)
+            return
+        driver = self._conn.connection.driver_connection
+        assert driver is not None
+        with (
+            driver.cursor() as cursor,
+            cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+
+    def existing(self, keys: Collection[tuple[str, str]]) -> set[tuple[str, str]]:
+        self.flush()
+        found: set[tuple[str, str]] = set()
+        pairs = list(keys)
+        key = sa.tuple_(resource.c.res_type, resource.c.res_id)
+        for start in range(0, len(pairs), 500):
+            query = sa.select(resource.c.res_type, resource.c.res_id).where(
+                key.in_(pairs[start : start + 500]), resource.c.deleted.is_(False)
+            )
+            found.update((r.res_type, r.res_id) for r in self._conn.execute(query))
+        return found
+
+    def match(self, type: str, criteria: list[Criterion], limit: int) -> list[str]:
+        self.flush()
+        query = sa.select(resource.c.res_id).where(*_where(type, criteria)).limit(limit)
+        return [r.res_id for r in self._conn.execute(query)]
+
+    def lock(self, key: str) -> None:
+        if self._dialect == "postgresql":
+            digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+            self._conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": digest})
+        # SQLite: BEGIN IMMEDIATE already serialises all writers.
+
+
+def _insert_sql(table: str, columns: Sequence[str], placeholder: str) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([placeholder] * len(columns))})"
+
+
+# Staging key -> (table, columns) of the rows buffered for bulk insertion.
+# resource_version's seq is assigned by the database.
+_BULK_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {
+    key: (table.name, tuple(c.name for c in table.columns if c.name != "seq"))
+    for key, table in (
+        ("resource", resource),
+        ("resource_version", resource_version),
+        *_INDEX_TABLES.items(),
+    )
+}
+# Index columns after (res_type, res_id) are the row's fields, in order.
+_ROW_FIELDS = {
+    attr: operator.attrgetter(*[c.name for c in table.columns][2:])
+    for attr, table in _INDEX_TABLES.items()
+}
+
+
+class SqlStore:
+    """The Store port on SQLAlchemy (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        database = engine.url.database if self.dialect == "sqlite" else None
+        self._writer_lock = (
+            f"{database}.writer-lock" if database and database != ":memory:" else None
+        )
+        self._slot = threading.Lock() if self.dialect == "sqlite" else None
+
+    @classmethod
+    def open(cls, url: str, *, pool_size: int = 10, migrate_schema: bool = True) -> SqlStore:
+        engine = create_engine(url, pool_size=pool_size)
+        if migrate_schema:
+            with _Translate():
+                migrate(engine)
+        return cls(engine)
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[SqlUnitOfWork]:
+        with self._one_writer(), _Translate(), self.engine.connect() as connection:
+            if self.dialect == "sqlite":
+                connection.info["begin"] = "BEGIN IMMEDIATE"
+            with connection.begin():
+                uow = SqlUnitOfWork(connection)
+                yield uow
+                uow.flush()
+
+    @contextmanager
+    def write_slot(self) -> Iterator[None]:
+        """One write request at a time per process on SQLite, validation included.
+
+        SQLite has a single writer. If another thread of the same process validated (CPU, holding
+        the GIL) while this one holds the database's write lock, the lock would be held about
+        twice as long and the other worker processes would wait for it; so a process validates
+        while another process writes, not while it writes itself."""
+        if self._slot is None:
+            yield
+            return
+        with self._slot:
+            yield
+
+    @contextmanager
+    def _one_writer(self) -> Iterator[None]:
+        """SQLite has one writer at a time. A waiting writer in SQLite's busy handler sleeps in
+        steps of up to 100 ms and misses the moment the lock is free; a blocking file lock taken
+        first (across threads and worker processes) hands over at once."""
+        if self._writer_lock is None:
+            yield
+            return
+        with open(self._writer_lock, "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with _Translate(), self.engine.connect() as connection:
+            yield connection
+
+    def read(self, type: str, id: str) -> StoredVersion | None:
+        query = (
+            sa.select(*_CURRENT_COLUMNS)
+            .select_from(_JOIN_CURRENT)
+            .where(resource.c.res_type == type, resource.c.res_id == id)
+        )
+        with self._reading() as conn:
+            row = conn.execute(query).first()
+        return _version(row) if row else None
+
+    def vread(self, type: str, id: str, version: int) -> StoredVersion | None:
+        v = resource_version.c
+        query = sa.select(
+            v.res_type, v.res_id, v.version, v.last_updated, v.deleted, v.method, v.content, v.seq
+        ).where(v.res_type == type, v.res_id == id, v.version == version)
+        with self._reading() as conn:
+            row = conn.execute(query).first()
+        return _version(row) if row else None
+
+    def history(self, query: HistoryQuery) -> list[StoredVersion]:
+        v = resource_version.c
+        stmt = sa.select(
+            v.res_type, v.res_id, v.version, v.last_updated, v.deleted, v.method, v.content, v.seq
+        )
+        if query.type is not None:
+            stmt = stmt.where(v.res_type == query.type)
+        if query.id is not None:
+            stmt = stmt.where(v.res_id == query.id)
+        if query.since is not None:
+            stmt = stmt.where(v.last_updated >= query.since)
+        if query.at is not None:
+            later = resource_version.alias("later")
+            stmt = stmt.where(
+                v.last_updated <= query.at,
+                ~sa.exists().where(
+                    later.c.res_type == v.res_type,
+                    later.c.res_id == v.res_id,
+                    later.c.version > v.version,
+                    later.c.last_updated <= query.at,
+                ),
+            )
+        if query.before_seq is not None:
+            stmt = stmt.where(v.seq < query.before_seq)
+        stmt = stmt.order_by(v.seq.desc()).limit(query.count)
+        with self._reading() as conn:
+            return [_version(r) for r in conn.execute(stmt)]
+
+    def search(
+        self, type: str, criteria: list[Criterion], count: int, offset: int
+    ) -> Iterator[StoredVersion]:
+        query = (
+            sa.select(*_CURRENT_COLUMNS)
+            .select_from(_JOIN_CURRENT)
+            .where(*_where(type, criteria))
+            .order_by(resource.c.last_updated.desc(), resource.c.res_id)
+            .limit(count)
+            .offset(offset)
+        )
+        with self._reading() as conn:
+            rows = conn.execute(query).all()
+        return (_version(r) for r in rows)
+
+    def match(self, type: str, criteria: list[Criterion], limit: int) -> list[str]:
+        query = sa.select(resource.c.res_id).where(*_where(type, criteria)).limit(limit)
+        with self._reading() as conn:
+            return [r.res_id for r in conn.execute(query)]
+
+    def count(self, type: str, criteria: list[Criterion]) -> int:
+        query = sa.select(sa.func.count()).select_from(resource).where(*_where(type, criteria))
+        with self._reading() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def ping(self) -> None:
+        with self._reading() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _where(type: str, criteria: list[Criterion]) -> list[sa.ColumnElement[bool]]:
+    clauses = [resource.c.res_type == type, resource.c.deleted.is_(False)]
+    for criterion in criteria:
+        if criterion.kind == "_id":
+            clauses.append(resource.c.res_id.in_([str(v) for v in criterion.values]))
+            continue
+        table = _CRITERION_TABLES[criterion.kind]
+        matches = [_value_clause(table, criterion, value) for value in criterion.values]
+        clauses.append(
+            sa.exists().where(
+                table.c.res_type == resource.c.res_type,
+                table.c.res_id == resource.c.res_id,
+                table.c.param == criterion.param,
+                sa.or_(*matches),
+            )
+        )
+    return clauses
+
+
+_CRITERION_TABLES = {
+    "token": ix_token,
+    "string": ix_string,
+    "reference": ix_reference,
+    "date": ix_date,
+    "uri": ix_uri,
+}
+
+
+def _value_clause(table: sa.Table, criterion: Criterion, value: Value) -> sa.ColumnElement[bool]:
+    c = table.c
+    if isinstance(value, Token):
+        parts = []
+        if value.code is not None:
+            parts.append(c.code == value.code)
+        if value.system_given:
+            parts.append(c.system == value.system if value.system else c.system.is_(None))
+        return sa.and_(*parts) if parts else sa.true()
+    if isinstance(value, Reference):
+        parts = [c.target_id == value.id]
+        if value.type:
+            parts.append(c.target_type == value.type)
+        return sa.and_(*parts)
+    if isinstance(value, DateRange):
+        return _date_clause(c.low, c.high, value)
+    if criterion.kind == "string":
+        if criterion.modifier == "exact":
+            return c.exact == value
+        pattern = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{pattern}%" if criterion.modifier == "contains" else f"{pattern}%"
+        return c.value.like(pattern, escape="\\")
+    if criterion.kind == "reference":
+        return c.url == value
+    return c.value == value
+
+
+def _date_clause(
+    low: sa.Column[int], high: sa.Column[int], value: DateRange
+) -> sa.ColumnElement[bool]:
+    """Range semantics of search.html#prefix: the stored range [low, high] against the value's."""
+    prefix = value.prefix
+    if prefix == "eq":
+        return sa.and_(low >= value.low, high <= value.high)
+    if prefix == "ne":
+        return sa.or_(low < value.low, high > value.high)
+    if prefix in ("gt", "sa"):
+        return high > value.high if prefix == "gt" else low > value.high
+    if prefix in ("lt", "eb"):
+        return low < value.low if prefix == "lt" else high < value.low
+    if prefix == "ge":
+        return high >= value.low
+    if prefix == "le":
+        return low <= value.high
+    return sa.and_(low <= value.high, high >= value.low)  # ap: overlaps

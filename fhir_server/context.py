@@ -1,0 +1,48 @@
+"""The components an interaction needs, injected once by the app factory (no module singletons)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fhir_server._time import Clock
+from fhir_server.criteria import CriteriaParser
+from fhir_server.search.registry import SearchParamRegistry
+from fhir_server.search.rows import IndexRows
+from fhir_server.store import Store
+
+
+class Validator(Protocol):
+    def validate(self, resource: dict[str, Any]) -> None: ...
+
+    def warm_up(self, types: frozenset[str]) -> None: ...
+
+
+class Indexer(Protocol):
+    def extract(self, resource: dict[str, Any]) -> IndexRows: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Behaviour switches of the record core."""
+
+    max_body_bytes: int = 32 * 1024 * 1024
+    # Off only for imports of foreign data whose references point outside this server.
+    enforce_references: bool = True
+    default_count: int = 50
+    max_count: int = 1000
+    max_bundle_entries: int = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    store: Store
+    registry: SearchParamRegistry
+    validator: Validator
+    indexer: Indexer
+    criteria: CriteriaParser
+    clock: Clock
+    new_id: Callable[[], str]
+    settings: Settings
+    version: str = "0"

@@ -1,0 +1,178 @@
+"""Index rows: the contract between the search-index extractor and the storage layer.
+
+One row kind per FHIR search parameter type
+(https://hl7.org/fhir/R4/search.html#ptypes). Each row carries the parameter
+``code`` it was produced for, so the storage layer can keep one table per kind
+and per resource type.
+
+Sentinels the storage layer must know about:
+
+* :data:`DATE_MIN` / :data:`DATE_MAX` stand for the open ends of a ``Period``
+  without ``start``/``end`` (https://hl7.org/fhir/R4/search.html#date). They
+  are the signed 64-bit integer limits, so they fit a ``BIGINT`` column.
+* :data:`QUANTITY_MIN` / :data:`QUANTITY_MAX` stand for open ends of a
+  ``Range`` without ``low``/``high`` or of a ``Quantity`` with a comparator
+  (``<5 mg``). They are the finite float limits (not ``inf``), so they survive
+  JSON and every SQL ``DOUBLE`` implementation.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TypeAlias
+
+__all__ = [
+    "DATE_MAX",
+    "DATE_MIN",
+    "QUANTITY_MAX",
+    "QUANTITY_MIN",
+    "DateRow",
+    "IndexRow",
+    "IndexRows",
+    "NumberRow",
+    "PositionRow",
+    "QuantityRow",
+    "ReferenceRow",
+    "StringRow",
+    "TokenRow",
+    "UriRow",
+]
+
+#: Lower bound of an open-started ``Period`` (epoch microseconds).
+DATE_MIN: int = -(2**63)
+#: Upper bound of an open-ended ``Period`` (epoch microseconds).
+DATE_MAX: int = 2**63 - 1
+#: Lower bound of a ``Range`` without ``low`` or a ``<``/``<=`` quantity.
+QUANTITY_MIN: float = -sys.float_info.max
+#: Upper bound of a ``Range`` without ``high`` or a ``>``/``>=`` quantity.
+QUANTITY_MAX: float = sys.float_info.max
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """A ``system|code`` pair plus display text for ``:text`` searches.
+
+    ``param`` is ``"<code>:identifier"`` for ``Reference.identifier`` values
+    (https://hl7.org/fhir/R4/search.html#reference, ``:identifier`` modifier).
+    A row with ``code=None`` only serves ``:text`` (a ``CodeableConcept.text``
+    that no coding carries).
+    """
+
+    param: str
+    system: str | None
+    code: str | None
+    text: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StringRow:
+    """``value`` is casefolded and accent-stripped; ``exact`` is the original."""
+
+    param: str
+    value: str
+    exact: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceRow:
+    """A literal reference (``target_*`` set) or a canonical/absolute URL."""
+
+    param: str
+    target_type: str | None
+    target_id: str | None
+    version: str | None
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class DateRow:
+    """The inclusive range ``[low, high]`` in epoch microseconds (UTC)."""
+
+    param: str
+    low: int
+    high: int
+
+
+@dataclass(frozen=True, slots=True)
+class NumberRow:
+    """A number with the range implied by its precision."""
+
+    param: str
+    value: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True, slots=True)
+class QuantityRow:
+    """A quantity (or Money, Range) with its implicit precision range."""
+
+    param: str
+    value: float
+    low: float
+    high: float
+    system: str | None
+    code: str | None
+    unit: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UriRow:
+    """A ``uri``/``url``/``canonical`` value, compared as an exact string."""
+
+    param: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class PositionRow:
+    """``Location.position`` for the ``near`` special parameter."""
+
+    param: str
+    latitude: float
+    longitude: float
+
+
+IndexRow: TypeAlias = (
+    TokenRow | StringRow | ReferenceRow | DateRow | NumberRow | QuantityRow | UriRow | PositionRow
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexRows:
+    """All index rows of one resource, one de-duplicated tuple per kind."""
+
+    tokens: tuple[TokenRow, ...] = ()
+    strings: tuple[StringRow, ...] = ()
+    references: tuple[ReferenceRow, ...] = ()
+    dates: tuple[DateRow, ...] = ()
+    numbers: tuple[NumberRow, ...] = ()
+    quantities: tuple[QuantityRow, ...] = ()
+    uris: tuple[UriRow, ...] = ()
+    positions: tuple[PositionRow, ...] = ()
+
+    @classmethod
+    def empty(cls) -> IndexRows:
+        """Rows of a resource that matches no search parameter."""
+        return _EMPTY
+
+    def all(self) -> tuple[IndexRow, ...]:
+        """Every row, kinds in field order (handy for logging and tests)."""
+        return (
+            *self.tokens,
+            *self.strings,
+            *self.references,
+            *self.dates,
+            *self.numbers,
+            *self.quantities,
+            *self.uris,
+            *self.positions,
+        )
+
+    def for_param(self, param: str) -> tuple[IndexRow, ...]:
+        """The rows produced for one search parameter code."""
+        return tuple(row for row in self.all() if row.param == param)
+
+
+_EMPTY = IndexRows()

@@ -1,0 +1,3 @@
+from medikus.cli import main
+
+main()

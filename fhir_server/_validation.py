@@ -44,6 +44,19 @@ class ResourceValidator:
             model = self._models[rtype] = get_fhir_model_class(rtype)
         return model
 
+    def elements(self, rtype: str) -> tuple[frozenset[str], frozenset[str]]:
+        """The JSON names of the summary and of the mandatory top-level elements of ``rtype``
+        (``_summary``/``_elements``, https://hl7.org/fhir/R4/search.html#summary)."""
+        summary, mandatory = set(), set()
+        for name, field in self._model(rtype).model_fields.items():
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            alias = field.alias or name
+            if extra.get("summary_element_property"):
+                summary.add(alias)
+            if extra.get("element_required"):
+                mandatory.add(alias)
+        return frozenset(summary), frozenset(mandatory)
+
     def validate(self, resource: dict[str, Any]) -> None:
         rtype = resource["resourceType"]
         model = self._model(rtype)

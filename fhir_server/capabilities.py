@@ -22,13 +22,14 @@ TYPE_INTERACTIONS = (
     "search-type",
 )
 SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
-SEARCHABLE_KINDS = frozenset({"token", "string", "reference", "date", "uri"})
+SEARCHABLE_KINDS = frozenset(
+    {"token", "string", "reference", "date", "uri", "number", "quantity", "composite", "special"}
+)
 
 
 def capability_statement(
     base: str, registry: SearchParamRegistry, now: int, version: str
 ) -> dict[str, Any]:
-    operations = [{"name": op.code, "definition": op.definition} for op in OPERATIONS]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -43,16 +44,19 @@ def capability_statement(
         "rest": [
             {
                 "mode": "server",
-                "resource": [_resource(t, registry, operations) for t in sorted(supported_types())],
+                "resource": [_resource(t, registry) for t in sorted(supported_types())],
                 "interaction": [{"code": c} for c in SYSTEM_INTERACTIONS],
             }
         ],
     }
 
 
-def _resource(
-    rtype: str, registry: SearchParamRegistry, operations: list[dict[str, str]]
-) -> dict[str, Any]:
+def _resource(rtype: str, registry: SearchParamRegistry) -> dict[str, Any]:
+    operations = [
+        {"name": op.code, "definition": op.definition}
+        for op in OPERATIONS
+        if op.types is None or rtype in op.types
+    ]
     params = [{"name": "_id", "type": "token"}]
     params += [
         {"name": code, "type": d.type, "definition": d.url}

@@ -74,6 +74,8 @@ class FhirError(Exception):
         self.diagnostics = diagnostics
         first = Issue("error", category.code, diagnostics, expression)
         self.issues = issues or (first,)
+        # Set for an unknown search parameter, which lenient handling may skip.
+        self.unknown_parameter = False
 
     @property
     def status(self) -> int:

@@ -24,6 +24,7 @@ from fhir_server.request import (
     version_headers,
     write_response,
 )
+from fhir_server.search.sql import match_ids
 from fhir_server.store import StaleGuess, StoredVersion
 from fhir_server.writes import (
     Rendered,
@@ -103,7 +104,7 @@ class PreparedWrite:
         references to it can be prepared early; ``resolve`` checks the guess under the lock."""
         if self.method != "POST" or self.criteria is None:
             return
-        matches = ctx.store.match(self.rtype, ctx.criteria.parse(self.rtype, self.criteria), 2)
+        matches = match_ids(ctx.store, self.rtype, ctx.criteria.parse(self.rtype, self.criteria), 2)
         if len(matches) < 2:
             self.exists = bool(matches)
             self.id = matches[0] if matches else ctx.new_id()
@@ -128,7 +129,7 @@ class PreparedWrite:
             return
         parsed = writes.ctx.criteria.parse(self.rtype, self.criteria)
         writes.uow.lock(f"{self.rtype}?{sorted(self.criteria)}")
-        matches = writes.uow.match(self.rtype, parsed, 2)
+        matches = match_ids(writes.uow, self.rtype, parsed, 2)
         if len(matches) > 1:
             raise FhirError(
                 Category.PRECONDITION_FAILED,

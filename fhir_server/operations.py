@@ -9,6 +9,8 @@ from typing import Any
 
 from fhir_server.context import Context
 from fhir_server.errors import Category, FhirError, Issue, information, operation_outcome
+from fhir_server.everything import everything
+from fhir_server.lastn import lastn
 from fhir_server.request import FhirRequest, FhirResponse
 from fhir_server.writes import check_type, prepare
 
@@ -22,6 +24,7 @@ class Operation:
     levels: frozenset[str]  # "system", "type", "instance"
     methods: frozenset[str]
     handler: Handler
+    types: frozenset[str] | None = None  # None: every resource type
 
 
 def validate(request: FhirRequest, ctx: Context, rtype: str | None, id: str | None) -> FhirResponse:
@@ -77,6 +80,22 @@ OPERATIONS: tuple[Operation, ...] = (
         frozenset({"type", "instance"}),
         frozenset({"POST"}),
         validate,
+    ),
+    Operation(
+        "everything",
+        "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+        frozenset({"instance"}),
+        frozenset({"GET"}),
+        everything,
+        frozenset({"Patient"}),
+    ),
+    Operation(
+        "lastn",
+        "http://hl7.org/fhir/OperationDefinition/Observation-lastn",
+        frozenset({"type"}),
+        frozenset({"GET"}),
+        lastn,
+        frozenset({"Observation"}),
     ),
 )
 

@@ -57,6 +57,9 @@ def route(request: FhirRequest, ctx: Context) -> FhirResponse:
     if n == 3 and parts[1] != "_history" and parts[2] == "_history":
         _allow(method, "GET")
         return history.history(request, ctx, rtype, parts[1])
+    if n == 3 and parts[0] == "Patient" and parts[2][:1].isupper():
+        _allow(method, "GET")
+        return search_type.search(request, ctx, parts[2], compartment=("Patient", parts[1]))
     if n == 3 and parts[2].startswith("$"):
         return _operation(request, ctx, parts[2][1:], "instance", rtype, parts[1])
     if n == 4 and parts[2] == "_history":

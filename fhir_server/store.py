@@ -7,13 +7,13 @@ new version marked deleted. The SQL implementation lives in ``_sqlstore``; the c
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from fhir_server.criteria import Criterion
 from fhir_server.search.rows import IndexRows
+from fhir_server.search.sql import Statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +84,8 @@ class UnitOfWork(Protocol):
     def existing(self, keys: Collection[tuple[str, str]]) -> set[tuple[str, str]]:
         """The (type, id) pairs among ``keys`` that exist and are not deleted."""
 
-    def match(self, type: str, criteria: list[Criterion], limit: int) -> list[str]:
-        """Ids of current resources of ``type`` that match all criteria (at most ``limit``)."""
+    def select(self, statement: Statement) -> list[tuple[Any, ...]]:
+        """Rows of a read-only search statement, inside this transaction."""
 
     def lock(self, key: str) -> None:
         """Serialises this transaction with others that lock the same key (conditional create)."""
@@ -106,15 +106,102 @@ class Store(Protocol):
 
     def history(self, query: HistoryQuery) -> list[StoredVersion]: ...
 
-    def search(
-        self, type: str, criteria: list[Criterion], count: int, offset: int
-    ) -> Iterator[StoredVersion]: ...
+    def select(self, statement: Statement) -> list[tuple[Any, ...]]:
+        """Rows of a read-only search statement (a snapshot that may be stale)."""
 
-    def count(self, type: str, criteria: list[Criterion]) -> int: ...
-
-    def match(self, type: str, criteria: list[Criterion], limit: int) -> list[str]:
-        """Like UnitOfWork.match, outside any unit of work (a snapshot that may be stale)."""
+    def fetch(self, keys: Sequence[tuple[str, str]]) -> list[StoredVersion]:
+        """Current, non-deleted versions of ``keys`` in their order; missing ones skipped."""
 
     def ping(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+# --- Subscriptions (https://hl7.org/fhir/R4/subscription.html) ---
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A committed version that the subscriptions have not been matched against yet."""
+
+    seq: int
+    type: str
+    id: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A notification owed to one subscription: the version that triggered it (``id`` 0: new)."""
+
+    subscription: str
+    channel: str
+    type: str
+    resource_id: str
+    version: int
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """Where delivery to one subscription stands; kept across restarts and leader changes.
+    ``subscription_version`` is the Subscription version it belongs to: a client's update resets it."""
+
+    subscription: str
+    subscription_version: int
+    failures: int = 0
+    next_attempt: int = 0
+    last_error: str | None = None
+
+
+class Lease(Protocol):
+    """The right to dispatch notifications, held by one process per database at a time."""
+
+    def alive(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class SubscriptionStore(Protocol):
+    """Outbox, notifications and delivery state of the subscriptions (next to a Store)."""
+
+    def lead(self) -> Lease | None:
+        """The dispatcher lease if no other live process holds it, else None (never blocks)."""
+
+    def subscriptions(self) -> list[StoredVersion]:
+        """The current, non-deleted Subscription resources."""
+
+    def outbox(self, limit: int) -> list[OutboxEntry]:
+        """The oldest outbox entries (committed ones only, lowest ``seq`` first)."""
+
+    def enqueue(self, matched: dict[int, list[Notification]], now: int) -> None:
+        """In one transaction: deletes the outbox entries (keys: their ``seq``) and stores the
+        notifications of those this call deleted (a concurrent dispatcher may have taken some)."""
+
+    def due(self, subscription: str, channel: str, limit: int) -> list[Notification]:
+        """The oldest pending notifications of one subscription, in order."""
+
+    def pending(self) -> list[tuple[str, str]]:
+        """The (subscription, channel) pairs that have pending notifications."""
+
+    def acknowledge(self, ids: Collection[int]) -> None:
+        """Deletes delivered notifications."""
+
+    def discard(self, pairs: Collection[tuple[str, str]]) -> None:
+        """Deletes all notifications of these (subscription, channel) pairs."""
+
+    def prune(self, channel: str, before: int) -> None:
+        """Deletes the notifications of ``channel`` created before ``before`` (epoch µs)."""
+
+    def delivery_states(self) -> dict[str, DeliveryState]: ...
+
+    def save_state(self, state: DeliveryState) -> None: ...
+
+    def forget_states(self, subscriptions: Collection[str]) -> None: ...
+
+    def last_notification_id(self) -> int:
+        """The highest notification id so far (0 if none)."""
+
+    def notifications_after(self, after: int, channel: str, limit: int) -> list[Notification]:
+        """Notifications of ``channel`` with an id above ``after``, in id order. Ids grow in commit
+        order (notifications are inserted one transaction at a time), so a cursor misses none."""

@@ -23,6 +23,7 @@ from fhir_server.errors import Category, FhirError, Issue
 from fhir_server.interactions import PreparedWrite, prepare_write
 from fhir_server.references import reference_holders
 from fhir_server.request import FhirRequest, FhirResponse, parse_json
+from fhir_server.search.sql import match_ids
 from fhir_server.store import StaleGuess
 from fhir_server.writes import Writes
 
@@ -261,7 +262,7 @@ def _rewrite_pending(
 def _resolve_conditional(reference: str, writes: Writes) -> str:
     rtype, _, query = reference.partition("?")
     criteria = writes.ctx.criteria.parse(rtype, parse_qsl(query, keep_blank_values=True))
-    matches = writes.uow.match(rtype, criteria, 2)
+    matches = match_ids(writes.uow, rtype, criteria, 2)
     if len(matches) != 1:
         found = "no" if not matches else "more than one"
         raise FhirError(

@@ -34,6 +34,7 @@ def serve(host: str, port: int, workers: int, database_url: str | None) -> None:
     import uvicorn
 
     from fhir_server.core import RecordCore
+    from medikus.http_protocol import FhirHttpToolsProtocol
 
     if database_url:
         os.environ["MEDIKUS_DATABASE_URL"] = database_url
@@ -54,6 +55,7 @@ def serve(host: str, port: int, workers: int, database_url: str | None) -> None:
         workers=workers,
         log_level="warning",
         proxy_headers=True,
+        http=FhirHttpToolsProtocol,
     )
 
 

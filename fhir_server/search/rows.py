@@ -1,5 +1,9 @@
 """Index rows: the contract between the search-index extractor and the storage layer.
 
+``grp`` (default 0) numbers the element that the component rows of a composite parameter
+(https://hl7.org/fhir/R4/search.html#composite) came from; component ``k`` of composite ``c`` is
+stored under the parameter code ``c$k``.
+
 One row kind per FHIR search parameter type
 (https://hl7.org/fhir/R4/search.html#ptypes). Each row carries the parameter
 ``code`` it was produced for, so the storage layer can keep one table per kind
@@ -35,6 +39,7 @@ __all__ = [
     "QuantityRow",
     "ReferenceRow",
     "StringRow",
+    "TextRow",
     "TokenRow",
     "UriRow",
 ]
@@ -63,6 +68,7 @@ class TokenRow:
     system: str | None
     code: str | None
     text: str | None
+    grp: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,7 @@ class StringRow:
     param: str
     value: str
     exact: str
+    grp: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +90,7 @@ class ReferenceRow:
     target_id: str | None
     version: str | None
     url: str
+    grp: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +100,7 @@ class DateRow:
     param: str
     low: int
     high: int
+    grp: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +111,7 @@ class NumberRow:
     value: float
     low: float
     high: float
+    grp: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +125,7 @@ class QuantityRow:
     system: str | None
     code: str | None
     unit: str | None
+    grp: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +134,7 @@ class UriRow:
 
     param: str
     value: str
+    grp: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +144,28 @@ class PositionRow:
     param: str
     latitude: float
     longitude: float
+    grp: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TextRow:
+    """Normalised free text for ``_text`` (narrative) and ``_content`` (all text of a resource)."""
+
+    param: str
+    value: str
+    grp: int = 0
 
 
 IndexRow: TypeAlias = (
-    TokenRow | StringRow | ReferenceRow | DateRow | NumberRow | QuantityRow | UriRow | PositionRow
+    TokenRow
+    | StringRow
+    | ReferenceRow
+    | DateRow
+    | NumberRow
+    | QuantityRow
+    | UriRow
+    | PositionRow
+    | TextRow
 )
 
 
@@ -151,6 +181,7 @@ class IndexRows:
     quantities: tuple[QuantityRow, ...] = ()
     uris: tuple[UriRow, ...] = ()
     positions: tuple[PositionRow, ...] = ()
+    texts: tuple[TextRow, ...] = ()
 
     @classmethod
     def empty(cls) -> IndexRows:
@@ -168,6 +199,7 @@ class IndexRows:
             *self.quantities,
             *self.uris,
             *self.positions,
+            *self.texts,
         )
 
     def for_param(self, param: str) -> tuple[IndexRow, ...]:

@@ -275,7 +275,11 @@ def test_capability_statement_lists_what_is_implemented(client: TestClient) -> N
         {
             "name": "validate",
             "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
-        }
+        },
+        {
+            "name": "everything",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+        },
     ]
     assert "identifier" in {p["name"] for p in patient_caps["searchParam"]}
 

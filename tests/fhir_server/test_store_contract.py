@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from fhir_server._sqlstore import SqlStore
-from fhir_server.criteria import Criterion, Token
+from fhir_server.criteria import Criterion, Match, Token
+from fhir_server.search.sql import count_statement, match_ids
 from fhir_server.search.rows import IndexRows, TokenRow
 from fhir_server.store import HistoryQuery, NewVersion, Store, VersionConflict
 
@@ -81,17 +82,19 @@ def test_delete_is_a_version_and_hides_from_existing_and_match(store: Store) -> 
     with store.unit_of_work() as uow:
         uow.put(version("a", 1, code="1"))
         uow.put(version("b", 1, code="1"))
-    criteria = [Criterion("identifier", "token", None, (Token("urn:x", "1", True),))]
+    criteria: list[Criterion] = [
+        Match("identifier", "token", None, (Token("urn:x", "1", True),))
+    ]
     with store.unit_of_work() as uow:
-        assert sorted(uow.match("Patient", criteria, 10)) == ["a", "b"]
+        assert sorted(match_ids(uow, "Patient", criteria, 10)) == ["a", "b"]
         uow.put(version("a", 2, prior=1, content=None, method="DELETE"))
         assert uow.existing({("Patient", "a"), ("Patient", "b"), ("Patient", "c")}) == {
             ("Patient", "b")
         }
-        assert uow.match("Patient", criteria, 10) == ["b"]
+        assert match_ids(uow, "Patient", criteria, 10) == ["b"]
     deleted = store.read("Patient", "a")
     assert deleted is not None and deleted.deleted and deleted.content is None
-    assert store.count("Patient", criteria) == 1
+    assert store.select(count_statement("Patient", criteria)) == [(1,)]
 
 
 def test_history_newest_first_with_since_at_and_keyset_paging(store: Store) -> None:
@@ -119,9 +122,8 @@ def test_index_rows_are_replaced_on_update(store: Store) -> None:
         uow.put(version("a", 2, prior=1, code="new"))
 
     def hits(code: str) -> int:
-        return store.count(
-            "Patient", [Criterion("identifier", "token", None, (Token(None, code, False),))]
-        )
+        token = Match("identifier", "token", None, (Token(None, code, False),))
+        return int(store.select(count_statement("Patient", [token]))[0][0])
 
     assert (hits("old"), hits("new")) == (0, 1)
 

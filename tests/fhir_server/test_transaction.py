@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fhir_server.core import RecordCore
-from fhir_server.criteria import Criterion
+from fhir_server.search.sql import Statement
 from fhir_server.request import FhirRequest
 
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -64,12 +64,12 @@ def test_conditional_create_that_appears_meanwhile_is_used_not_duplicated(
     start over, and link to that Organization instead of creating a second one."""
     store = record.ctx.store
     other_worker = RecordCore.open(database_url)  # another server process on the same database
-    original: Callable[[str, list[Criterion], int], list[str]] = store.match
+    original: Callable[[Statement], list[tuple[Any, ...]]] = store.select
     raced: list[str] = []
 
-    def match_then_race(type: str, criteria: list[Criterion], limit: int) -> list[str]:
-        found = original(type, criteria, limit)
-        if type == "Organization" and not raced:
+    def match_then_race(statement: Statement) -> list[tuple[Any, ...]]:
+        found = original(statement)
+        if "Organization" in statement.params.values() and not raced:
             created = other_worker.handle(
                 FhirRequest(
                     "POST", "Organization", headers=FHIR_LOWER, body=orjson.dumps(organization())
@@ -79,7 +79,7 @@ def test_conditional_create_that_appears_meanwhile_is_used_not_duplicated(
             raced.append(orjson.loads(created.body)["id"])
         return found
 
-    monkeypatch.setattr(store, "match", match_then_race)
+    monkeypatch.setattr(store, "select", match_then_race)
     try:
         response = client.post("/fhir", content=orjson.dumps(bundle()), headers=FHIR)
     finally:

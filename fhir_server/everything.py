@@ -1,0 +1,105 @@
+"""``Patient/[id]/$everything`` (https://hl7.org/fhir/R4/patient-operation-everything.html).
+
+The patient, every resource in the patient's compartment and the resources those refer to
+(practitioners, organisations, medications…), paged by keyset over (type, id). ``_since`` keeps
+resources changed since then, ``_type`` limits the types, ``_count`` sizes the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import orjson
+
+from fhir_server._time import parse_period
+from fhir_server.bundles import bundle, entry, link
+from fhir_server.compartments import patient_compartment
+from fhir_server.context import Context
+from fhir_server.errors import Category, FhirError
+from fhir_server.request import FhirRequest, FhirResponse, whole_number
+from fhir_server.search.sql import everything_statement, include_statement
+from fhir_server.store import StoredVersion
+
+_PARAMS = frozenset({"_since", "_type", "_count", "_cursor", "_format", "_pretty", "start", "end"})
+
+
+def everything(
+    request: FhirRequest, ctx: Context, rtype: str | None, id: str | None
+) -> FhirResponse:
+    if rtype != "Patient" or id is None:
+        raise FhirError(Category.NOT_FOUND, "$everything is defined on Patient/[id].")
+    query = dict(request.query)
+    for key in query:
+        if key not in _PARAMS:
+            raise FhirError(
+                Category.INVALID, f"Unknown $everything parameter '{key}'.", expression=(key,)
+            )
+    if ctx.store.read("Patient", id) is None or not ctx.store.fetch([("Patient", id)]):
+        raise FhirError(Category.NOT_FOUND, f"Patient/{id} is not known.")
+    compartment = dict(patient_compartment())
+    if "_type" in query:
+        wanted = {t.strip() for t in query["_type"].split(",") if t.strip()}
+        unknown = wanted - ctx.registry.resource_types
+        if unknown:
+            raise FhirError(
+                Category.INVALID, f"Unknown resource types in _type: {', '.join(sorted(unknown))}."
+            )
+        compartment = {t: p for t, p in compartment.items() if t in wanted}
+    since = None
+    if "_since" in query:
+        period = parse_period(query["_since"])
+        if period is None:
+            raise FhirError(
+                Category.INVALID, "_since must be a FHIR instant.", expression=("_since",)
+            )
+        since = period[0]
+    count = min(
+        whole_number(query.get("_count"), ctx.settings.default_count, "_count"),
+        ctx.settings.max_count,
+    )
+    after = _read_cursor(query.get("_cursor"))
+    statement = everything_statement(id, sorted(compartment.items()), since, after, count + 1)
+    keys = [(t, i) for t, i in ctx.store.select(statement)]
+    if "_type" in query and "Patient" not in compartment:
+        keys = (
+            [k for k in keys if k != ("Patient", id)] if "Patient" not in query["_type"] else keys
+        )
+    more = len(keys) > count
+    keys = keys[:count]
+    members = ctx.store.fetch(keys)
+    referenced = _referenced(ctx, members)
+    plain = [(k, v) for k, v in request.query if k != "_cursor"]
+    path = f"Patient/{id}/$everything"
+    links = [("self", link(request.base, path, request.query))]
+    if more and keys:
+        cursor = base64.urlsafe_b64encode(orjson.dumps(list(keys[-1]))).decode()
+        links.append(("next", link(request.base, path, [*plain, ("_cursor", cursor)])))
+    entries = [entry(request.base, v, search={"mode": "match"}) for v in members]
+    entries += [entry(request.base, v, search={"mode": "include"}) for v in referenced]
+    return FhirResponse(200, bundle("searchset", links, entries))
+
+
+def _referenced(ctx: Context, members: list[StoredVersion]) -> list[StoredVersion]:
+    """Resources outside the compartment that this page refers to (practitioners, …)."""
+    keys = [(v.type, v.id) for v in members]
+    seen = set(keys)
+    found: list[tuple[str, str]] = []
+    for source in sorted({t for t, _ in keys}):
+        for t, i in ctx.store.select(include_statement(keys, source, None, None)):
+            if (t, i) not in seen and t not in patient_compartment() and t != "Patient":
+                seen.add((t, i))
+                found.append((t, i))
+    return ctx.store.fetch(found)
+
+
+def _read_cursor(raw: str | None) -> tuple[str, str] | None:
+    if raw is None:
+        return None
+    try:
+        value = orjson.loads(base64.urlsafe_b64decode(raw))
+        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
+            return value[0], value[1]
+    except (binascii.Error, orjson.JSONDecodeError, ValueError):
+        pass
+    raise FhirError(Category.INVALID, "The _cursor is not valid.", expression=("_cursor",))

@@ -1,0 +1,554 @@
+"""Search criteria as SQL over the index tables (https://hl7.org/fhir/R4/search.html).
+
+Every criterion becomes ``r.res_id IN (SELECT res_id FROM ix_… WHERE res_type = … AND param = …)``:
+an uncorrelated subquery that both SQLite and PostgreSQL drive from the index lookup
+(``res_type, param, value…``) instead of scanning the resources of a type. Index rows exist only for
+current, non-deleted versions, so subqueries need no join to ``resource``. Chains and ``_has`` nest
+such subqueries through ``ix_reference``.
+
+The SQL is plain text with named parameters (``:p0``), generated here so that the storage module
+stays the only one that talks to the database driver. Table and column names come from fixed
+tables below, values are always bound.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from fhir_server.criteria import (
+    AnyOf,
+    Bound,
+    Chain,
+    Criterion,
+    Has,
+    Ids,
+    InList,
+    LastUpdated,
+    Match,
+    Missing,
+    Near,
+    Quantity,
+    Reference,
+    Token,
+    Value,
+)
+
+_TABLES: Final = {
+    "token": "ix_token",
+    "string": "ix_string",
+    "reference": "ix_reference",
+    "date": "ix_date",
+    "number": "ix_number",
+    "quantity": "ix_quantity",
+    "uri": "ix_uri",
+    "special": "ix_position",
+    "text": "ix_text",
+}
+# Above any character a search value can hold: "abc" <= x < "abc\U0010ffff" is the prefix range.
+_TOP: Final = "\U0010ffff"
+_EARTH_KM: Final = 6371.0088
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    sql: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    """``_sort`` key: an index parameter (kind from its definition) or ``_id``/``_lastUpdated``."""
+
+    param: str
+    kind: str
+    descending: bool
+
+
+@dataclass(slots=True)
+class Compiler:
+    """Builds one statement; holds its bound parameters."""
+
+    params: dict[str, Any] = field(default_factory=dict)
+    _aliases: int = 0
+
+    def bind(self, value: Any) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return f":{name}"
+
+    def alias(self) -> str:
+        self._aliases += 1
+        return f"a{self._aliases}"
+
+    def statement(self, sql: str) -> Statement:
+        return Statement(sql, dict(self.params))
+
+    # -- criteria ---------------------------------------------------------------------------
+
+    def conditions(self, type: str, criteria: Sequence[Criterion], r: str) -> list[str]:
+        """Boolean SQL over ``r.res_id`` (a resource of ``type``) for all criteria."""
+        return [self.condition(type, c, r) for c in criteria]
+
+    def condition(self, type: str, criterion: Criterion, r: str) -> str:
+        if isinstance(criterion, Ids):
+            if not criterion.ids:
+                return "1 = 0"
+            return f"{r}.res_id IN ({', '.join(self.bind(i) for i in criterion.ids)})"
+        if isinstance(criterion, LastUpdated):
+            column = f"{r}.last_updated"
+            return _any(self.bound(column, column, column, v, "date") for v in criterion.values)
+        if isinstance(criterion, AnyOf):
+            return _any(self.condition(type, c, r) for c in criterion.criteria)
+        if isinstance(criterion, Missing):
+            table = _TABLES["token" if criterion.kind == "composite" else criterion.kind]
+            a = self.alias()
+            param = f"{criterion.param}$0" if criterion.kind == "composite" else criterion.param
+            sub = (
+                f"SELECT {a}.res_id FROM {table} {a} "
+                f"WHERE {a}.res_type = {self.bind(type)} AND {a}.param = {self.bind(param)}"
+            )
+            return f"{r}.res_id {'NOT IN' if criterion.missing else 'IN'} ({sub})"
+        if isinstance(criterion, Match) and criterion.modifier == "not":
+            positive = Match(criterion.param, criterion.kind, None, criterion.values)
+            return f"{r}.res_id NOT IN ({self.ids(type, positive)})"
+        return f"{r}.res_id IN ({self.ids(type, criterion)})"
+
+    def ids(self, type: str, criterion: Criterion) -> str:
+        """A SELECT of the ids of ``type`` resources that match ``criterion``."""
+        if isinstance(criterion, Match):
+            if criterion.kind == "composite":
+                return self._composite(type, criterion)
+            a = self.alias()
+            table = _TABLES[criterion.kind]
+            values = _any(self.value(a, criterion, v) for v in criterion.values)
+            return (
+                f"SELECT {a}.res_id FROM {table} {a} WHERE {a}.res_type = {self.bind(type)} "
+                f"AND {a}.param = {self.bind(criterion.param)} AND {values}"
+            )
+        if isinstance(criterion, Chain):
+            a = self.alias()
+            branches = []
+            for target, inner in criterion.branches:
+                branches.append(
+                    f"({a}.target_type = {self.bind(target)} "
+                    f"AND {a}.target_id IN ({self.ids(target, inner)}))"
+                )
+            return (
+                f"SELECT {a}.res_id FROM ix_reference {a} WHERE {a}.res_type = {self.bind(type)} "
+                f"AND {a}.param = {self.bind(criterion.param)} AND {_any(branches)}"
+            )
+        if isinstance(criterion, Has):
+            a = self.alias()
+            return (
+                f"SELECT {a}.target_id FROM ix_reference {a} "
+                f"WHERE {a}.res_type = {self.bind(criterion.source)} "
+                f"AND {a}.param = {self.bind(criterion.param)} "
+                f"AND {a}.target_type = {self.bind(type)} "
+                f"AND {a}.res_id IN ({self.ids(criterion.source, criterion.criterion)})"
+            )
+        if isinstance(criterion, InList):
+            a = self.alias()
+            lists = ", ".join(self.bind(i) for i in criterion.list_ids)
+            return (
+                f"SELECT {a}.target_id FROM ix_reference {a} WHERE {a}.res_type = 'List' "
+                f"AND {a}.param = 'item' AND {a}.res_id IN ({lists}) "
+                f"AND {a}.target_type = {self.bind(type)}"
+            )
+        # Negations, id lists and alternatives: through the resource table.
+        x = self.alias()
+        return (
+            f"SELECT {x}.res_id FROM resource {x} WHERE {x}.res_type = {self.bind(type)} "
+            f"AND {x}.deleted = {self.bind(False)} AND {self.condition(type, criterion, x)}"
+        )
+
+    def _composite(self, type: str, criterion: Match) -> str:
+        aliases = [self.alias() for _ in criterion.components]
+        first = aliases[0]
+        joins = [f"{_TABLES[criterion.components[0]]} {first}"]
+        for k, (kind, a) in enumerate(zip(criterion.components, aliases, strict=True)):
+            if k == 0:
+                continue
+            joins.append(
+                f"JOIN {_TABLES[kind]} {a} ON {a}.res_type = {first}.res_type "
+                f"AND {a}.res_id = {first}.res_id AND {a}.grp = {first}.grp "
+                f"AND {a}.param = {self.bind(f'{criterion.param}${k}')}"
+            )
+        alternatives = []
+        for value in criterion.values:
+            assert isinstance(value, tuple)
+            parts = [
+                self.value(a, Match(criterion.param, kind, None, ()), part)
+                for a, kind, part in zip(aliases, criterion.components, value, strict=True)
+            ]
+            alternatives.append(_all(parts))
+        return (
+            f"SELECT {first}.res_id FROM {' '.join(joins)} "
+            f"WHERE {first}.res_type = {self.bind(type)} "
+            f"AND {first}.param = {self.bind(f'{criterion.param}$0')} AND {_any(alternatives)}"
+        )
+
+    # -- values -----------------------------------------------------------------------------
+
+    def value(self, a: str, criterion: Match, value: Value) -> str:
+        kind = criterion.kind
+        if kind == "token":
+            assert isinstance(value, Token)
+            return self.token(a, criterion.modifier, value)
+        if kind == "string":
+            assert isinstance(value, str)
+            if criterion.modifier == "exact":
+                return f"{a}.exact = {self.bind(value)}"
+            if criterion.modifier == "contains":
+                return f"{a}.value LIKE {self.bind(_like(value))} ESCAPE '\\'"
+            return self.prefix(f"{a}.value", value)
+        if kind == "reference":
+            assert isinstance(value, Reference)
+            return self.reference(a, value)
+        if kind in ("date", "number"):
+            assert isinstance(value, Bound)
+            return self.bound(f"{a}.low", f"{a}.high", f"{a}.value", value, kind)
+        if kind == "quantity":
+            assert isinstance(value, Quantity)
+            parts = [self.bound(f"{a}.low", f"{a}.high", f"{a}.value", value.bound, "number")]
+            if value.system is not None:
+                parts.append(f"{a}.system = {self.bind(value.system)}")
+                if value.code is not None:
+                    parts.append(f"{a}.code = {self.bind(value.code)}")
+            elif value.code is not None:
+                code = self.bind(value.code)
+                parts.append(f"({a}.code = {code} OR {a}.unit = {code})")
+            return _all(parts)
+        if kind == "uri":
+            assert isinstance(value, str)
+            if criterion.modifier == "below":
+                return self.prefix(f"{a}.value", value)
+            if criterion.modifier == "above":
+                v = self.bind(value)
+                return f"substr({v}, 1, length({a}.value)) = {a}.value"
+            return f"{a}.value = {self.bind(value)}"
+        if kind == "special":
+            assert isinstance(value, Near)
+            return self.near(a, value)
+        if kind == "text":
+            assert isinstance(value, str)
+            words = value.split() or [""]
+            return _all(f"{a}.value LIKE {self.bind(_like(w))} ESCAPE '\\'" for w in words)
+        raise AssertionError(kind)
+
+    def token(self, a: str, modifier: str | None, value: Token) -> str:
+        if modifier == "text":
+            return self.prefix(f"{a}.text", value.value or "")
+        parts = []
+        if value.code is not None:
+            parts.append(f"{a}.code = {self.bind(value.code)}")
+        else:
+            parts.append(f"{a}.code IS NOT NULL")
+        if value.system_given:
+            parts.append(
+                f"{a}.system = {self.bind(value.system)}"
+                if value.system is not None
+                else f"{a}.system IS NULL"
+            )
+        if modifier == "of-type":
+            parts.append(f"{a}.text = {self.bind(value.value)}")
+        return _all(parts)
+
+    def reference(self, a: str, value: Reference) -> str:
+        if value.id is not None:
+            parts = [f"{a}.target_id = {self.bind(value.id)}"]
+            if value.type is not None:
+                parts.append(f"{a}.target_type = {self.bind(value.type)}")
+            return _all(parts)
+        parts = [f"{a}.url = {self.bind(value.url)}"]
+        if value.version is not None:
+            parts.append(f"{a}.version = {self.bind(value.version)}")
+        return _all(parts)
+
+    def prefix(self, column: str, value: str) -> str:
+        if not value:
+            return f"{column} IS NOT NULL"
+        return f"{column} >= {self.bind(value)} AND {column} < {self.bind(value + _TOP)}"
+
+    def bound(self, low: str, high: str, point: str, value: Bound, kind: str) -> str:
+        """Prefix semantics of search.html#prefix. Dates compare ranges (a value covers its
+        precision); numbers and quantities compare the stored value with the search value's
+        precision range for eq/ne/ap, and exactly for the other prefixes (search.html#number)."""
+        prefix = value.prefix
+        if kind == "date":
+            lo, hi = self.bind(int(value.low)), self.bind(int(value.high))
+            return {
+                "eq": f"({low} >= {lo} AND {high} <= {hi})",
+                "ne": f"({low} < {lo} OR {high} > {hi})",
+                "gt": f"{high} > {hi}",
+                "lt": f"{low} < {lo}",
+                "ge": f"{high} >= {lo}",
+                "le": f"{low} <= {hi}",
+                "sa": f"{low} > {hi}",
+                "eb": f"{high} < {lo}",
+                "ap": f"({low} <= {hi} AND {high} >= {lo})",
+            }[prefix]
+        if prefix in ("eq", "ne"):
+            inside = f"({point} >= {self.bind(value.low)} AND {point} < {self.bind(value.high)})"
+            return inside if prefix == "eq" else f"NOT {inside}"
+        if prefix == "ap":
+            margin = abs(value.value) * 0.1
+            return (
+                f"({point} >= {self.bind(value.value - margin)} "
+                f"AND {point} <= {self.bind(value.value + margin)})"
+            )
+        operator = {"gt": ">", "sa": ">", "lt": "<", "eb": "<", "ge": ">=", "le": "<="}[prefix]
+        return f"{point} {operator} {self.bind(value.value)}"
+
+    def near(self, a: str, value: Near) -> str:
+        """Great-circle distance within ``km``; a bounding box first so the index narrows."""
+        dlat = math.degrees(value.km / _EARTH_KM)
+        cos_lat = max(math.cos(math.radians(value.latitude)), 1e-6)
+        dlon = min(180.0, dlat / cos_lat)
+        lat, lon = self.bind(value.latitude), self.bind(value.longitude)
+        box = (
+            f"{a}.latitude BETWEEN {self.bind(value.latitude - dlat)} "
+            f"AND {self.bind(value.latitude + dlat)} "
+            f"AND {a}.longitude BETWEEN {self.bind(value.longitude - dlon)} "
+            f"AND {self.bind(value.longitude + dlon)}"
+        )
+        # Haversine; the CASE keeps asin's argument in range against rounding.
+        hav = (
+            f"(power(sin(radians({a}.latitude - {lat}) / 2), 2) + "
+            f"cos(radians({lat})) * cos(radians({a}.latitude)) * "
+            f"power(sin(radians({a}.longitude - {lon}) / 2), 2))"
+        )
+        haversine = f"2 * {_EARTH_KM} * asin(sqrt(CASE WHEN {hav} > 1.0 THEN 1.0 ELSE {hav} END))"
+        return f"({box} AND {haversine} <= {self.bind(value.km)})"
+
+    # -- sort -------------------------------------------------------------------------------
+
+    def sort_expression(self, type: str, key: SortKey, r: str) -> str:
+        if key.param == "_id":
+            return f"{r}.res_id"
+        if key.param == "_lastUpdated":
+            return f"{r}.last_updated"
+        column = {
+            "date": "high" if key.descending else "low",
+            "string": "value",
+            "token": "code",
+            "reference": "target_id",
+            "number": "value",
+            "quantity": "value",
+            "uri": "value",
+        }[key.kind]
+        a = self.alias()
+        aggregate = "MAX" if key.descending else "MIN"
+        return (
+            f"(SELECT {aggregate}({a}.{column}) FROM {_TABLES[key.kind]} {a} "
+            f"WHERE {a}.res_type = {r}.res_type AND {a}.res_id = {r}.res_id "
+            f"AND {a}.param = {self.bind(key.param)})"
+        )
+
+
+def _any(parts: Any) -> str:
+    items = list(parts)
+    if not items:
+        return "1 = 0"
+    return items[0] if len(items) == 1 else "(" + " OR ".join(items) + ")"
+
+
+def _all(parts: Any) -> str:
+    items = list(parts)
+    if not items:
+        return "1 = 1"
+    return items[0] if len(items) == 1 else "(" + " AND ".join(items) + ")"
+
+
+def _like(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+# -- statements -------------------------------------------------------------------------------
+
+
+class Selecting(Protocol):
+    def select(self, statement: Statement) -> list[tuple[Any, ...]]: ...
+
+
+def match_ids(db: Selecting, type: str, criteria: Sequence[Criterion], limit: int) -> list[str]:
+    """Ids of current ``type`` resources matching all criteria (at most ``limit``)."""
+    return [row[0] for row in db.select(match_statement(type, criteria, limit))]
+
+
+def match_statement(type: str, criteria: Sequence[Criterion], limit: int) -> Statement:
+    c = Compiler()
+    where = _base_where(c, type, criteria)
+    return c.statement(f"SELECT r.res_id FROM resource r WHERE {where} LIMIT {int(limit)}")
+
+
+def count_statement(type: str, criteria: Sequence[Criterion]) -> Statement:
+    c = Compiler()
+    where = _base_where(c, type, criteria)
+    return c.statement(f"SELECT COUNT(*) FROM resource r WHERE {where}")
+
+
+def _base_where(c: Compiler, type: str, criteria: Sequence[Criterion]) -> str:
+    parts = [f"r.res_type = {c.bind(type)}", f"r.deleted = {c.bind(False)}"]
+    parts.extend(c.conditions(type, criteria, "r"))
+    return " AND ".join(parts)
+
+
+def page_statement(
+    type: str,
+    criteria: Sequence[Criterion],
+    sort: Sequence[SortKey],
+    after: Sequence[Any] | None,
+    backwards: bool,
+    limit: int,
+) -> Statement:
+    """One page in keyset order: rows of (res_id, sort values…), ``after`` the given key values
+    (sort values then id) — or before them when paging ``backwards``. NULLs sort last."""
+    c = Compiler()
+    where = _base_where(c, type, criteria)
+    keys = [c.sort_expression(type, k, "r") for k in sort]
+    columns = ", ".join(["r.res_id AS res_id", *(f"{e} AS k{i}" for i, e in enumerate(keys))])
+    inner = f"SELECT {columns} FROM resource r WHERE {where}"
+    directions = [k.descending != backwards for k in sort]
+    names = [f"q.k{i}" for i in range(len(sort))]
+    order = [
+        f"{n} {'DESC' if d else 'ASC'} NULLS {'FIRST' if backwards else 'LAST'}"
+        for n, d in zip(names, directions, strict=True)
+    ]
+    order.append(f"q.res_id {'DESC' if backwards else 'ASC'}")
+    condition = "1 = 1"
+    if after is not None:
+        condition = _keyset(c, names, directions, list(after), backwards)
+    return c.statement(
+        f"SELECT q.* FROM ({inner}) q WHERE {condition} "
+        f"ORDER BY {', '.join(order)} LIMIT {int(limit)}"
+    )
+
+
+def _keyset(
+    c: Compiler, names: list[str], descending: list[bool], after: list[Any], backwards: bool
+) -> str:
+    """Rows strictly after ``after`` in the order (names…, res_id); NULLs last (first when
+    going backwards, where the order is reversed)."""
+    *values, last_id = after
+    alternatives = []
+    for i in range(len(names) + 1):
+        parts = []
+        for j in range(i):
+            v = values[j]
+            parts.append(f"{names[j]} IS NULL" if v is None else f"{names[j]} = {c.bind(v)}")
+        if i == len(names):
+            parts.append(f"q.res_id {'<' if backwards else '>'} {c.bind(last_id)}")
+        else:
+            v = values[i]
+            operator = "<" if descending[i] else ">"
+            if v is None:
+                if not backwards:
+                    continue  # nothing sorts after NULL
+                parts.append(f"{names[i]} IS NOT NULL")
+            elif backwards:
+                parts.append(f"{names[i]} {operator} {c.bind(v)}")
+            else:
+                parts.append(f"({names[i]} {operator} {c.bind(v)} OR {names[i]} IS NULL)")
+        alternatives.append(_all(parts))
+    return _any(alternatives)
+
+
+def include_statement(
+    keys: Sequence[tuple[str, str]], source: str, params: Sequence[str] | None, target: str | None
+) -> Statement:
+    """Targets of the references ``params`` (None: all) of the ``source`` resources among keys."""
+    c = Compiler()
+    ids = [i for t, i in keys if t == source]
+    sql = (
+        f"SELECT DISTINCT i.target_type, i.target_id FROM ix_reference i "
+        f"WHERE i.res_type = {c.bind(source)} "
+        f"AND i.res_id IN ({', '.join(c.bind(i) for i in ids)}) AND i.target_id IS NOT NULL"
+    )
+    if params is not None:
+        sql += f" AND i.param IN ({', '.join(c.bind(p) for p in params)})"
+    if target is not None:
+        sql += f" AND i.target_type = {c.bind(target)}"
+    return c.statement(sql)
+
+
+def revinclude_statement(
+    keys: Sequence[tuple[str, str]], source: str, params: Sequence[str] | None, target: str | None
+) -> Statement:
+    """``source`` resources whose references ``params`` (None: all) point at any of keys."""
+    c = Compiler()
+    by_type: dict[str, list[str]] = {}
+    for t, i in keys:
+        if target is None or t == target:
+            by_type.setdefault(t, []).append(i)
+    alternatives = [
+        f"(i.target_type = {c.bind(t)} AND i.target_id IN ({', '.join(c.bind(i) for i in ids)}))"
+        for t, ids in by_type.items()
+    ]
+    sql = (
+        f"SELECT DISTINCT i.res_type, i.res_id FROM ix_reference i "
+        f"WHERE i.res_type = {c.bind(source)} AND {_any(alternatives)}"
+    )
+    if params is not None:
+        sql += f" AND i.param IN ({', '.join(c.bind(p) for p in params)})"
+    return c.statement(sql)
+
+
+def everything_statement(
+    patient_id: str,
+    compartment: Sequence[tuple[str, Sequence[str]]],
+    since: int | None,
+    after: tuple[str, str] | None,
+    limit: int,
+) -> Statement:
+    """Members of a patient's compartment (and the patient), ordered by (type, id) for keyset
+    paging; one index lookup per compartment type, so each part uses ``ix_reference_lookup``."""
+    c = Compiler()
+    patient = c.bind(patient_id)
+    parts = []
+    for rtype, params in compartment:
+        names = ", ".join(c.bind(p) for p in params)
+        parts.append(
+            f"SELECT i.res_type, i.res_id FROM ix_reference i WHERE i.res_type = {c.bind(rtype)} "
+            f"AND i.param IN ({names}) AND i.target_id = {patient} AND i.target_type = 'Patient'"
+        )
+    members = " UNION ".join(parts) if parts else "SELECT NULL, NULL WHERE 1 = 0"
+    where = [
+        f"r.deleted = {c.bind(False)}",
+        f"((r.res_type = 'Patient' AND r.res_id = {patient}) "
+        f"OR (r.res_type, r.res_id) IN ({members}))",
+    ]
+    if since is not None:
+        where.append(f"r.last_updated >= {c.bind(since)}")
+    if after is not None:
+        t, i = c.bind(after[0]), c.bind(after[1])
+        where.append(f"(r.res_type > {t} OR (r.res_type = {t} AND r.res_id > {i}))")
+    return c.statement(
+        f"SELECT r.res_type, r.res_id FROM resource r WHERE {' AND '.join(where)} "
+        f"ORDER BY r.res_type, r.res_id LIMIT {int(limit)}"
+    )
+
+
+def lastn_statement(criteria: Sequence[Criterion], max_per_code: int) -> Statement:
+    """The newest ``max_per_code`` Observations per code among those matching ``criteria``
+    (https://hl7.org/fhir/R4/observation-operation-lastn.html), newest first within a code."""
+    c = Compiler()
+    where = _base_where(c, "Observation", criteria)
+    newest = (
+        "(SELECT MAX(d.high) FROM ix_date d WHERE d.res_type = t.res_type "
+        "AND d.res_id = t.res_id AND d.param = 'date')"
+    )
+    ranked = (
+        f"SELECT t.res_id, t.system, t.code, {newest} AS effective, ROW_NUMBER() OVER "
+        f"(PARTITION BY t.system, t.code ORDER BY {newest} DESC NULLS LAST, t.res_id) AS n "
+        f"FROM ix_token t WHERE t.res_type = 'Observation' AND t.param = 'code' "
+        f"AND t.code IS NOT NULL "
+        f"AND t.res_id IN (SELECT r.res_id FROM resource r WHERE {where})"
+    )
+    return c.statement(
+        f"SELECT q.res_id FROM ({ranked}) q WHERE q.n <= {int(max_per_code)} "
+        f"ORDER BY q.system, q.code, q.effective DESC NULLS LAST, q.res_id"
+    )

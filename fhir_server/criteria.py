@@ -149,7 +149,12 @@ class AnyOf:
     criteria: tuple[Criterion, ...]
 
 
-Criterion = Match | Missing | Ids | LastUpdated | InList | Chain | Has | AnyOf
+@dataclass(frozen=True, slots=True)
+class Not:
+    criterion: Criterion
+
+
+Criterion = Match | Missing | Ids | LastUpdated | InList | Chain | Has | AnyOf | Not
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,10 +257,16 @@ class CriteriaParser:
         name, _, modifier = head.partition(":")
         if dot:
             return self._chain(type, key, name, modifier or None, rest, raw, depth)
+        if name in ("_id", "_lastUpdated") and modifier == "missing":
+            if raw not in ("true", "false"):
+                raise _invalid(f"':missing' takes true or false, not '{raw}'.", key)
+            # Every resource has an id and a lastUpdated.
+            return Ids(()) if raw == "true" else Not(Ids(()))
         if name == "_id":
-            if modifier:
+            if modifier not in (None, "", "not"):
                 raise _unsupported(f"The modifier ':{modifier}' is not supported on _id.", key)
-            return Ids(tuple(v.strip() for v in split_values(raw)))
+            found = Ids(tuple(v.strip() for v in split_values(raw)))
+            return Not(found) if modifier == "not" else found
         if name == "_lastUpdated":
             if modifier:
                 raise _unsupported(f"The modifier ':{modifier}' is not supported on {name}.", key)

@@ -30,6 +30,7 @@ from fhir_server.criteria import (
     Match,
     Missing,
     Near,
+    Not,
     Quantity,
     Reference,
     Token,
@@ -102,6 +103,8 @@ class Compiler:
             return _any(self.bound(column, column, column, v, "date") for v in criterion.values)
         if isinstance(criterion, AnyOf):
             return _any(self.condition(type, c, r) for c in criterion.criteria)
+        if isinstance(criterion, Not):
+            return f"NOT ({self.condition(type, criterion.criterion, r)})"
         if isinstance(criterion, Missing):
             table = _TABLES["token" if criterion.kind == "composite" else criterion.kind]
             a = self.alias()
@@ -291,7 +294,8 @@ class Compiler:
                 "ap": f"({low} <= {hi} AND {high} >= {lo})",
             }[prefix]
         if prefix in ("eq", "ne"):
-            inside = f"({point} >= {self.bind(value.low)} AND {point} < {self.bind(value.high)})"
+            # Closed at both ends: for 17-digit values the bounds round to the value itself.
+            inside = f"({point} >= {self.bind(value.low)} AND {point} <= {self.bind(value.high)})"
             return inside if prefix == "eq" else f"NOT {inside}"
         if prefix == "ap":
             margin = abs(value.value) * 0.1

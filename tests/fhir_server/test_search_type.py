@@ -448,3 +448,56 @@ def test_ten_megabyte_query_string_gets_an_operation_outcome(server: ServerProce
     assert head.startswith(b"HTTP/1.1 400")
     assert b"application/fhir+json" in head
     assert orjson.loads(body)["resourceType"] == "OperationOutcome"
+
+
+def test_common_parameters_list_and_uri_modifiers(client: TestClient) -> None:
+    meta = {
+        "tag": [{"system": "urn:medikus:tag", "code": "pilot"}],
+        "security": [
+            {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}
+        ],
+        "profile": ["http://fhir.de/StructureDefinition/observation-de-vitalsign"],
+        "source": "urn:medikus:station:kusel",
+    }
+    tagged = create(
+        client,
+        {**observation("x", "8310-5", 37.0, unit="Cel"), "subject": {"display": "x"}, "meta": meta},
+    )
+    plain = create(
+        client, {**observation("x", "8310-5", 37.0, unit="Cel"), "subject": {"display": "x"}}
+    )
+    only_tagged = {f"Observation/{tagged}"}
+    assert ids(search(client, "Observation", _tag="urn:medikus:tag|pilot")) == only_tagged
+    assert ids(search(client, "Observation", _security="R")) == only_tagged
+    assert ids(search(client, "Observation", _profile=meta["profile"][0])) == only_tagged
+    assert ids(search(client, "Observation", _source="urn:medikus:station:kusel")) == only_tagged
+    assert (
+        ids(
+            search(
+                client, "Observation", **{"_profile:below": "http://fhir.de/StructureDefinition/"}
+            )
+        )
+        == only_tagged
+    )
+    above = "http://fhir.de/StructureDefinition/observation-de-vitalsign/extra"
+    assert ids(search(client, "Observation", **{"_profile:above": above})) == only_tagged
+    listed = create(
+        client,
+        {
+            "resourceType": "List",
+            "status": "current",
+            "mode": "working",
+            "entry": [{"item": {"reference": f"Observation/{plain}"}}],
+        },
+    )
+    assert ids(search(client, "Observation", _list=listed)) == {f"Observation/{plain}"}
+    identified = create(
+        client,
+        {
+            **observation("x", "8310-5", 36.0, unit="Cel"),
+            "subject": {"identifier": {"system": "http://fhir.de/sid/gkv/kvid-10", "value": "Z1"}},
+        },
+    )
+    by_identifier = {"subject:identifier": "http://fhir.de/sid/gkv/kvid-10|Z1"}
+    assert ids(search(client, "Observation", **by_identifier)) == {f"Observation/{identified}"}
+    assert error(client, "Observation", **{"code:below": "8310"})

@@ -118,6 +118,14 @@ def upgrade() -> None:
         op.create_index(f"{name}_resource", name, ["res_type", "res_id", "param"])
         if lookup:
             op.create_index(f"{name}_lookup", name, ["res_type", "param", *lookup])
+    if op.get_bind().dialect.name == "postgresql":
+        # Search plans depend on fresh statistics; by default a table is re-analysed only after
+        # 10 % of it changed, so a fast-growing record (bulk imports) is planned on stale counts.
+        for name in ("resource", *_index_tables()):
+            op.execute(
+                f"ALTER TABLE {name} SET (autovacuum_analyze_scale_factor = 0.01, "
+                "autovacuum_analyze_threshold = 500)"
+            )
 
 
 def downgrade() -> None:

@@ -1,5 +1,9 @@
 """``python -m bench``: ingest, raw insert floor and read latency on PostgreSQL and SQLite.
 
+``python -m bench big [--scale 10] [--db postgresql|sqlite|both]``: the bundles replicated about
+250,000 resources' worth, load rate and its decay, then search latency; ``python -m bench search``:
+the same at scale 1. ``python -m bench big --help`` lists their flags (bench/big.py).
+
 Transactions: https://hl7.org/fhir/R4/http.html#transaction — reads: https://hl7.org/fhir/R4/http.html#read
 Prints a table and writes the figures to ``bench/results/<timestamp>.json``. Every server process,
 schema and temporary file is removed at the end, also on failure, Ctrl-C or SIGTERM.
@@ -19,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import floor, ingest, suite
+from bench import big, floor, ingest, suite
 from bench.databases import KINDS
 from bench.report import DatabaseResult, noise_note, table, write_json
 from bench.server import load_average
@@ -30,7 +34,11 @@ QUICK_BUNDLES = 10
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__.splitlines()[0],
+        epilog="Other benchmarks: python -m bench big|search --help (replicated load, searches).",
+    )
     parser.add_argument(
         "--quick", action="store_true", help=f"{QUICK_BUNDLES} bundles, short reads"
     )
@@ -92,8 +100,11 @@ def _meta(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, _sigterm)
+    if argv and argv[0] in big.COMMANDS:
+        return big.main(argv[0], argv[1:], _say)
+    args = parse_args(argv)
     started = datetime.now(UTC)
     load = load_average()
     paths = synthea_bundles()

@@ -58,8 +58,8 @@ def measure(
         requests=len(ordered),
         errors=errors,
         seconds=seconds,
-        p50_ms=_percentile(ordered, 50) * 1000,
-        p99_ms=_percentile(ordered, 99) * 1000,
+        p50_ms=percentile(ordered, 50) * 1000,
+        p99_ms=percentile(ordered, 99) * 1000,
         per_second=len(ordered) / seconds if seconds > 0 else 0.0,
     )
 
@@ -148,7 +148,7 @@ def _header(line: bytes) -> tuple[bytes, bytes]:
     return name.strip().lower(), value.strip()
 
 
-def _percentile(ordered: Sequence[float], percent: int) -> float:
+def percentile(ordered: Sequence[float], percent: int) -> float:
     """Nearest-rank percentile of sorted values."""
     if not ordered:
         return 0.0

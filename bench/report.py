@@ -12,8 +12,11 @@ from typing import Any
 import orjson
 
 from bench.reads import ReadFigures
+from bench.search import LevelFigures, QueryResult
 
 TARGET = 1500.0  # resources/s on a 2-core machine (the issue's target)
+# The last tenth of a load may be this much slower than the first before it counts as decay.
+DECAY_TOLERANCE = 0.8
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ def noise_note(results: list[DatabaseResult]) -> str:
 
 def _ingest_lines(result: DatabaseResult) -> list[str]:
     i, floor = result.ingest, result.floor
-    floor_text = "raw floor n/a"
+    floor_text = ""
     if floor is not None:
         ratio = f" (ratio {result.ratio:.2f})" if result.ratio is not None else ""
         floor_text = f"raw floor {floor.rate:,.0f} res/s{ratio}"
@@ -113,6 +116,8 @@ def _ingest_lines(result: DatabaseResult) -> list[str]:
         f"({verdict} target {TARGET:,.0f})  first10% {i.first10_rate:,.0f}  "
         f"last10% {i.last10_rate:,.0f}  {floor_text}{partial}{failed}"
     ]
+    if not i.resources:  # nothing loaded: no CPU per resource to show
+        return lines
     workers = "/".join(f"{s:.1f}" for s in i.worker_cpu_s)
     db = i.per_resource_ms(i.db_backend_cpu_s)
     db_text = f"db backends {db:.2f}, " if db is not None else ""
@@ -167,3 +172,127 @@ def _derived(i: IngestFigures | None) -> dict[str, Any] | None:
         "others_cpu_s": i.others_cpu_s,
         "meets_target": i.rate >= TARGET,
     }
+
+
+@dataclass
+class BigResult:
+    """One database of ``python -m bench big``/``search``: the replicated load, then the searches."""
+
+    database: str
+    ingest: IngestFigures | None = None
+    patients: int = 0
+    analyzed: bool = False  # ANALYZE ran between the load and the searches (PostgreSQL)
+    searches: list[QueryResult] = field(default_factory=list)
+
+    @property
+    def decay(self) -> float | None:
+        """Rate of the last tenth of the load over that of the first (1.0: no decay)."""
+        i = self.ingest
+        return i.last10_rate / i.first10_rate if i is not None and i.first10_rate else None
+
+    @property
+    def failed(self) -> bool:
+        i = self.ingest
+        if i is None or i.bundles_failed or not i.complete:
+            return True
+        return any(q.errors or q.no_values for q in self.searches)
+
+
+def big_table(results: list[BigResult]) -> str:
+    lines = []
+    for result in results:
+        lines += _ingest_lines(DatabaseResult(result.database, ingest=result.ingest))
+        if result.decay is not None:
+            verdict = "no decay" if result.decay >= DECAY_TOLERANCE else "DECAY"
+            lines.append(
+                f"         {'':<10}  last10%/first10% {result.decay:.2f} ({verdict}; "
+                f"tolerance {DECAY_TOLERANCE})"
+            )
+    for result in results:
+        lines += _search_lines(result)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _search_lines(result: BigResult) -> list[str]:
+    if not result.searches:
+        return []
+    analyzed = ", ANALYZE after the load" if result.analyzed else ""
+    lines = [
+        f"search   {result.database:<10}  {result.patients} patients{analyzed}; "
+        "p50/p99 ms per client level; the target is the 1-client p99"
+    ]
+    for q in result.searches:
+        levels = "  ".join(_search_level(level) for level in q.levels)
+        verdict = "meets" if q.meets_target else "MISSES"
+        matches = next((lv.matches for lv in q.levels if lv.matches is not None), None)
+        shown = f"matches {matches:,.0f}" if matches is not None else "matches -"
+        lines.append(f"  {q.name:<20} <={q.target_ms:>4.0f} ms  {levels}  {shown}  {verdict}")
+        lines.append(f"      {q.shape}")
+        if q.no_values:
+            lines.append(f"      NOT RUN: {q.no_values}")
+        for level in q.levels:
+            if level.errors:
+                lines.append(
+                    f"      FAILED {level.errors}/{level.requests} with {level.clients} "
+                    f"client(s): {level.first_error}"
+                )
+        if q.index_use is not None:
+            lines.append(f"      pg {q.index_use.text()}")
+    return lines
+
+
+def _search_level(level: LevelFigures) -> str:
+    return (
+        f"{level.clients:>2}c {level.p50_ms:7.2f}/{level.p99_ms:7.2f} ({level.per_second:,.0f}/s)"
+    )
+
+
+def plans_text(results: list[BigResult], width: int = 200, height: int = 60) -> str:
+    """The plans, cut to ``height`` lines of ``width`` characters (an id list can run to
+    kilobytes); the JSON has them whole."""
+    lines: list[str] = []
+    for r in results:
+        for q in r.searches:
+            plan = q.plan.splitlines()
+            if not plan:
+                continue
+            lines.append(f"--- plan {r.database} {q.name}: {q.shape}")
+            lines += [
+                line if len(line) <= width else line[: width - 1] + "…" for line in plan[:height]
+            ]
+            if len(plan) > height:
+                lines.append(f"    … {len(plan) - height} more lines in the JSON")
+    return "\n".join(lines)
+
+
+def write_big_json(path: Path, meta: dict[str, Any], results: list[BigResult]) -> None:
+    document = {
+        "meta": meta,
+        "results": [
+            {
+                "database": r.database,
+                "ingest": r.ingest,
+                "ingest_derived": _derived(r.ingest),
+                "decay_last10_over_first10": r.decay,
+                "patients": r.patients,
+                "analyzed": r.analyzed,
+                "searches": [
+                    {
+                        "name": q.name,
+                        "search": q.shape,
+                        "patient_scoped": q.patient_scoped,
+                        "target_p99_ms": q.target_ms,
+                        "meets_target": q.meets_target,
+                        "no_values": q.no_values,
+                        "levels": q.levels,
+                        "index_use": q.index_use,
+                        "plan": q.plan,
+                    }
+                    for q in r.searches
+                ],
+            }
+            for r in results
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))

@@ -102,6 +102,8 @@ class Server:
         """The uvicorn workers (spawned children of the master, not its resource tracker)."""
         assert self.process is not None
         master = self.process.pid
+        if self.workers == 1:  # uvicorn serves in the master process itself
+            return [master] if self.process.poll() is None else []
         return [
             pid
             for pid in self.group_pids()

@@ -43,7 +43,8 @@ def run(
         result.floor = FloorFigures(kind, count, seconds, count / seconds if seconds else 0.0)
     with fresh(kind) as database, Server(database.url, plan.workers) as server:
         say(f"{kind}: ingest of {len(payloads)} bundles, {plan.clients} clients …")
-        result.ingest, targets = _ingest(database, server, payloads, plan)
+        result.ingest, posted = ingest_figures(database, server, payloads, plan)
+        targets = ingest.created_targets(posted)
         if result.ingest.first_error:
             say(f"{kind}: first failure: {result.ingest.first_error}")
         for clients in plan.read_levels if targets else ():
@@ -91,13 +92,20 @@ def _spent(before: dict[int, float], after: dict[int, float]) -> dict[int, float
     return {pid: seconds - before.get(pid, 0.0) for pid, seconds in after.items()}
 
 
-def _ingest(
-    database: Database, server: Server, payloads: Sequence[ingest.Payload], plan: Plan
-) -> tuple[IngestFigures, list[str]]:
+def ingest_figures(
+    database: Database,
+    server: Server,
+    payloads: Sequence[ingest.Payload],
+    plan: Plan,
+    progress: Callable[[ingest.Posted, int], None] | None = None,
+) -> tuple[IngestFigures, list[ingest.Posted]]:
+    """Posts ``payloads`` to ``server`` and measures it; also returns each bundle's outcome."""
     load_before = load_average()
     workers = server.worker_pids()
     before = _Snapshot.take(database, server)
-    posted, wall = ingest.post_all(server.base, payloads, plan.clients, plan.ingest_budget_s)
+    posted, wall = ingest.post_all(
+        server.base, payloads, plan.clients, plan.ingest_budget_s, progress
+    )
     after = _Snapshot.take(database, server)
     restarted = sorted(set(workers) - set(server.worker_pids()))
     windows = ingest.windows(posted, wall)
@@ -128,4 +136,4 @@ def _ingest(
         first_error=ingest.first_error(posted),
         workers_restarted=len(restarted),
     )
-    return figures, ingest.created_targets(posted)
+    return figures, posted

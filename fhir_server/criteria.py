@@ -17,7 +17,7 @@ from decimal import Decimal
 from fhir_server._time import parse_period
 from fhir_server.errors import Category, FhirError
 from fhir_server.search.registry import SearchParamDef, SearchParamRegistry
-from fhir_server.search.values import normalize_string
+from fhir_server.search.values import cap, normalize_string
 
 # Parameters that shape the result rather than select resources (search.html#return).
 RESULT_PARAMETERS = frozenset(
@@ -43,7 +43,6 @@ _REFERENCE = re.compile(
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 # The most nested criteria one query may carry: chains and _has are joins, keep them bounded.
 MAX_DEPTH = 4
-INDEX_TEXT_MAX = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,11 +201,6 @@ def _split_escaped(raw: str, sep: str, limit: int = -1) -> list[str]:
     return parts
 
 
-def cap(text: str) -> str:
-    """Index values are capped (btree rows have a size limit); search values alike."""
-    return text[:INDEX_TEXT_MAX]
-
-
 def _invalid(message: str, key: str) -> FhirError:
     return FhirError(Category.INVALID, message, expression=(key,))
 
@@ -265,7 +259,9 @@ class CriteriaParser:
         if name == "_id":
             if modifier not in (None, "", "not"):
                 raise _unsupported(f"The modifier ':{modifier}' is not supported on _id.", key)
-            found = Ids(tuple(v.strip() for v in split_values(raw)))
+            # _id is a token without a system: "|id" matches, "system|id" cannot.
+            values = [v.partition("|") if "|" in v else ("", "", v) for v in split_values(raw)]
+            found = Ids(tuple(code.strip() for system, _, code in values if not system))
             return Not(found) if modifier == "not" else found
         if name == "_lastUpdated":
             if modifier:

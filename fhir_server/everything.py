@@ -18,7 +18,7 @@ from fhir_server.compartments import patient_compartment
 from fhir_server.context import Context
 from fhir_server.errors import Category, FhirError
 from fhir_server.request import FhirRequest, FhirResponse, whole_number
-from fhir_server.search.sql import everything_statement, include_statement
+from fhir_server.search.sql import everything_statement, references_statement
 from fhir_server.store import StoredVersion
 
 _PARAMS = frozenset({"_since", "_type", "_count", "_cursor", "_format", "_pretty", "start", "end"})
@@ -35,7 +35,8 @@ def everything(
             raise FhirError(
                 Category.INVALID, f"Unknown $everything parameter '{key}'.", expression=(key,)
             )
-    if ctx.store.read("Patient", id) is None or not ctx.store.fetch([("Patient", id)]):
+    patient = ctx.store.read("Patient", id)
+    if patient is None or patient.deleted:
         raise FhirError(Category.NOT_FOUND, f"Patient/{id} is not known.")
     compartment = dict(patient_compartment())
     if "_type" in query:
@@ -83,13 +84,15 @@ def everything(
 def _referenced(ctx: Context, members: list[StoredVersion]) -> list[StoredVersion]:
     """Resources outside the compartment that this page refers to (practitioners, …)."""
     keys = [(v.type, v.id) for v in members]
+    if not keys:
+        return []
     seen = set(keys)
+    inside = patient_compartment()
     found: list[tuple[str, str]] = []
-    for source in sorted({t for t, _ in keys}):
-        for t, i in ctx.store.select(include_statement(keys, source, None, None)):
-            if (t, i) not in seen and t not in patient_compartment() and t != "Patient":
-                seen.add((t, i))
-                found.append((t, i))
+    for t, i in ctx.store.select(references_statement(keys)):
+        if (t, i) not in seen and t not in inside and t != "Patient":
+            seen.add((t, i))
+            found.append((t, i))
     return ctx.store.fetch(found)
 
 

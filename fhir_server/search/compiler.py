@@ -17,6 +17,12 @@ one plan per concrete JSON key (``effectiveDateTime``…); the plan's ``hint``
 is then the FHIR type name of the value (``"DateTime"``, ``"Period"``…), which
 lets the row builders tell e.g. ``performedString`` from ``performedDateTime``.
 
+Composite parameters (https://hl7.org/fhir/R4/search.html#composite) compile in
+two parts: :func:`compile_groups` gives the plans selecting the composite's
+elements together with their element paths, and :func:`compile_component`
+compiles a component expression relative to such a path (``%resource`` roots
+a branch at the resource instead, as MolecularSequence's components do).
+
 Anything else raises :class:`UnsupportedExpression`; the indexer records it
 and produces no rows for that branch rather than wrong ones. The runtime side
 (plans, steps, boolean combinators) lives in :mod:`fhir_server.search.steps`;
@@ -32,6 +38,7 @@ from typing import Any, Final, TypeAlias
 
 from fhir_server.search.fhirpath import (
     Binary,
+    EnvVar,
     FhirPathSyntaxError,
     Index,
     Invoke,
@@ -62,11 +69,14 @@ from fhir_server.search.steps import (
 
 __all__ = [
     "Compiled",
+    "GroupPlan",
     "PathPlan",
     "Predicate",
     "Step",
     "UnsupportedExpression",
+    "compile_component",
     "compile_expression",
+    "compile_groups",
     "evaluate",
 ]
 
@@ -76,6 +86,7 @@ RESOURCE_ELEMENTS: Final = frozenset({"Bundle.entry.resource", "Parameters.param
 _BASE_ROOTS: Final = ("Resource", "DomainResource")
 _EXTENSION_ELEMENTS: Final = ("extension", "modifierExtension")
 _CONTEXT: Final = ""  # root of a branch that starts with an element name
+_RESOURCE: Final = "%resource"  # root of a branch that starts with %resource
 
 
 class UnsupportedExpression(Exception):
@@ -88,6 +99,14 @@ class Compiled:
 
     plans: tuple[PathPlan, ...] = ()
     predicate: Predicate | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPlan:
+    """A branch of a composite's expression and the element path it selects."""
+
+    plan: PathPlan
+    path: str
 
 
 # An abstract operation before choice expansion: ("child", name), ("oftype", T),
@@ -104,20 +123,77 @@ def compile_expression(
     parse_reference: RefParser,
 ) -> Compiled:
     """Compile the branches of ``expression`` that apply to ``resource_type``."""
-    try:
-        tree = parse(expression)
-    except FhirPathSyntaxError as exc:
-        raise UnsupportedExpression(str(exc)) from exc
+    tree = _parse(expression)
     ctx = _Context(resource_type, choices, resource_types, parse_reference)
     if isinstance(tree, Binary) or _is_exists(tree):
         return Compiled(predicate=ctx.predicate(tree))
     plans: list[PathPlan] = []
     for root, ops in _linearize(tree):
+        if root == _RESOURCE:
+            raise UnsupportedExpression("%resource outside a composite's component")
         if root == _CONTEXT:
             root = resource_type
         if root == resource_type or root in _BASE_ROOTS:
             plans.extend(ctx.expand(root, ops, expression))
     return Compiled(plans=tuple(plans))
+
+
+def compile_groups(
+    expression: str,
+    resource_type: str,
+    choices: Mapping[str, tuple[str, ...]],
+    resource_types: Collection[str],
+    parse_reference: RefParser,
+) -> tuple[GroupPlan, ...]:
+    """The branches of a composite's ``expression`` with their element paths."""
+    tree = _parse(expression)
+    ctx = _Context(resource_type, choices, resource_types, parse_reference)
+    groups: list[GroupPlan] = []
+    for root, ops in _linearize(tree):
+        if root == _RESOURCE:
+            raise UnsupportedExpression("%resource outside a composite's component")
+        if root == _CONTEXT:
+            root = resource_type
+        if root == resource_type or root in _BASE_ROOTS:
+            groups.extend(
+                GroupPlan(ctx.plan(v, expression), v.path) for v in ctx.variants(root, ops)
+            )
+    return tuple(groups)
+
+
+def compile_component(
+    expression: str,
+    context: str,
+    resource_type: str,
+    choices: Mapping[str, tuple[str, ...]],
+    resource_types: Collection[str],
+    parse_reference: RefParser,
+) -> tuple[tuple[PathPlan, bool], ...]:
+    """Plans of a component ``expression`` relative to the element path ``context``.
+
+    Each plan comes with a flag: ``True`` if it runs on the resource
+    (``%resource.…``), ``False`` if it runs on the composite's element.
+    """
+    tree = _parse(expression)
+    ctx = _Context(resource_type, choices, resource_types, parse_reference)
+    if isinstance(tree, Binary) or _is_exists(tree):
+        raise UnsupportedExpression(f"boolean component expression {expression}")
+    plans: list[tuple[PathPlan, bool]] = []
+    for root, ops in _linearize(tree):
+        if root == _CONTEXT:
+            plans.extend((plan, False) for plan in ctx.expand(context, ops, expression))
+        elif root in (_RESOURCE, resource_type):
+            plans.extend((plan, True) for plan in ctx.expand(resource_type, ops, expression))
+        else:
+            raise UnsupportedExpression(f"{root} in a component of {context}")
+    return tuple(plans)
+
+
+def _parse(expression: str) -> Node:
+    try:
+        return parse(expression)
+    except FhirPathSyntaxError as exc:
+        raise UnsupportedExpression(str(exc)) from exc
 
 
 def _is_exists(node: Node) -> bool:
@@ -128,6 +204,9 @@ def _linearize(node: Node) -> list[tuple[str, list[_Op]]]:
     """Flatten an expression into ``(root type, operations)`` per union branch."""
     if isinstance(node, Union):
         return [branch for item in node.items for branch in _linearize(item)]
+    if isinstance(node, EnvVar) and node.name == "resource":
+        # Only composite components use it; elsewhere the root check rejects it.
+        return [(_RESOURCE, [])]
     if isinstance(node, Invoke) and node.base is None:
         if node.args is not None:
             raise UnsupportedExpression(f"unsupported function {node.name}() at root")
@@ -213,6 +292,10 @@ class _Context:
 
     def expand(self, root: str, ops: list[_Op], source: str) -> list[PathPlan]:
         """Turn abstract operations into plans, one per choice combination."""
+        return [self.plan(v, source) for v in self.variants(root, ops)]
+
+    def variants(self, root: str, ops: list[_Op]) -> list[_Variant]:
+        """Apply abstract operations from element path ``root``, expanding choices."""
         variants = [_Variant((), root, None)]
         i = 0
         while i < len(ops):
@@ -224,9 +307,9 @@ class _Context:
                 continue
             variants = [new for v in variants for new in self._apply(v, kind, arg)]
             i += 1
-        return [self._plan(v, source) for v in variants]
+        return variants
 
-    def _plan(self, variant: _Variant, source: str) -> PathPlan:
+    def plan(self, variant: _Variant, source: str) -> PathPlan:
         hint = variant.hint
         if hint == "Resource" or hint in self.resource_types:
             raise UnsupportedExpression(f"{variant.path} is a whole resource")

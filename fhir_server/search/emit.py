@@ -10,7 +10,10 @@ from the JSON shape, as the R4 search page maps types to parameters
 * token: code/string/uri/id primitives, booleans (``"true"``/``"false"``),
   Coding, CodeableConcept (one row per coding; text = display, falling back to
   CodeableConcept.text; a text no coding carries gets a ``code=None`` row),
-  Identifier (text = type.text) and ContactPoint (system, value);
+  Identifier (text = type.text) and ContactPoint (value only: its system is a code). ``text`` is
+  normalised like strings, for ``:text``. Each ``Identifier.type.coding`` also
+  gives a ``<code>:of-type`` row: the coding's system and code, and the
+  identifier's value unchanged as text (https://hl7.org/fhir/R4/search.html#modifiers);
 * string: primitives, HumanName and Address parts;
 * reference: literal references (``#contained`` skipped), canonical/uri
   strings (``url`` only, ``version`` from ``|v`` if at most 64 characters);
@@ -22,6 +25,8 @@ from the JSON shape, as the R4 search page maps types to parameters
   and Ratio are not searchable values and give no rows;
 * number: integer/decimal, Range.
 
+Token codes and systems, string values and uris are cut to
+:data:`~fhir_server.search.values.INDEX_TEXT_MAX` characters (btree limits).
 Rows are accumulated as plain tuples (C-level hashing for de-duplication)
 and become the dataclasses of :mod:`fhir_server.search.rows` only once.
 """
@@ -43,21 +48,27 @@ from fhir_server.search.rows import (
     QuantityRow,
     ReferenceRow,
     StringRow,
+    TextRow,
     TokenRow,
     UriRow,
 )
 from fhir_server.search.values import (
+    INDEX_TEXT_MAX,
     ParsedReference,
+    cap,
     date_range,
     normalize_string,
     number_range,
     period_range,
 )
 
-__all__ = ["EMITTERS", "Accumulator", "Emitter"]
+__all__ = ["EMITTERS", "EMITTER_OUTPUTS", "Accumulator", "Emitter"]
 
 _R = TypeVar("_R")
 
+_MAX: Final = INDEX_TEXT_MAX
+_CONTACT_POINT_SYSTEMS: Final = frozenset({"phone", "fax", "email", "pager", "url", "sms", "other"})
+_NUMBERS: Final = (int, float, Decimal)
 _ISO_4217: Final = "urn:iso:std:iso:4217"
 _DATE_HINTS: Final = frozenset({None, "Date", "DateTime", "Instant"})
 _STRING_PARTS: Final = (
@@ -79,6 +90,7 @@ class Accumulator:
         "quantities",
         "references",
         "strings",
+        "texts",
         "tokens",
         "uris",
     )  # fmt: skip
@@ -95,6 +107,7 @@ class Accumulator:
         ] = []
         self.uris: list[tuple[str, str]] = []
         self.positions: list[tuple[str, float, float]] = []
+        self.texts: list[tuple[str, str]] = []
 
     def freeze(self) -> IndexRows:
         """De-duplicate (keeping first-seen order) and build the rows."""
@@ -107,6 +120,7 @@ class Accumulator:
             quantities=_unique(QuantityRow, self.quantities),
             uris=_unique(UriRow, self.uris),
             positions=_unique(PositionRow, self.positions),
+            texts=_unique(TextRow, self.texts),
         )
 
 
@@ -118,16 +132,22 @@ def _unique(row_type: Callable[..., _R], values: list[tuple[Any, ...]]) -> tuple
 Emitter: TypeAlias = Callable[[Accumulator, str, list[Any], str | None], None]
 
 
+# Inline `x and cap(x)` (None stays None) and `x and normalize_string(x)`:
+# token rows are the most frequent, a helper call per field would show.
+
+
 def emit_token(acc: Accumulator, code: str, nodes: list[Any], hint: str | None) -> None:
     out = acc.tokens
     for node in nodes:
         kind = type(node)
         if kind is str:
-            out.append((code, None, node, None))
+            out.append((code, None, cap(node), None))
         elif kind is bool:
             out.append((code, None, "true" if node else "false", None))
         elif kind is dict:
             _token_from_dict(out, code, node)
+            if "type" in node and "value" in node:
+                _of_type(out, code, node)
 
 
 def _token_from_dict(
@@ -138,14 +158,31 @@ def _token_from_dict(
     if "coding" in node:
         _codeable_concept(out, code, node)
     elif "value" in node:
-        # Identifier or ContactPoint: both are system + value.
-        kind = node.get("type")
-        text = kind.get("text") if type(kind) is dict else None
-        out.append((code, node.get("system"), node["value"], text))
+        # Identifier or ContactPoint: both are system + value (a Quantity's
+        # number is not a token).
+        value = node["value"]
+        if type(value) is str:
+            kind = node.get("type")
+            text = kind.get("text") if type(kind) is dict else None
+            system = node.get("system")
+            if system in _CONTACT_POINT_SYSTEMS:
+                # A ContactPoint: its system is a code (phone, email…), not a code system URI,
+                # so the value is matched without a system (an Identifier's system is a URI).
+                system = None
+            out.append((code, system and cap(system), cap(value), text and normalize_string(text)))
     elif "code" in node or "system" in node:
-        out.append((code, node.get("system"), node.get("code"), node.get("display")))
+        system, value, text = node.get("system"), node.get("code"), node.get("display")
+        out.append(
+            (
+                code,
+                system and cap(system),
+                value and cap(value),
+                text and normalize_string(text),
+            )
+        )
     elif "text" in node:
-        out.append((code, None, None, node["text"]))
+        text = node["text"]
+        out.append((code, None, None, text and normalize_string(text)))
 
 
 def _codeable_concept(
@@ -159,23 +196,50 @@ def _codeable_concept(
         if type(coding) is dict:
             display = coding.get("display") or text
             text_carried = text_carried or display == text
-            out.append((code, coding.get("system"), coding.get("code"), display))
+            system, value = coding.get("system"), coding.get("code")
+            out.append(
+                (
+                    code,
+                    system and cap(system),
+                    value and cap(value),
+                    display and normalize_string(display),
+                )
+            )
     if text is not None and not text_carried:
-        out.append((code, None, None, text))
+        out.append((code, None, None, text and normalize_string(text)))
+
+
+def _of_type(
+    out: list[tuple[str, str | None, str | None, str | None]],
+    code: str,
+    identifier: dict[str, Any],
+) -> None:
+    """``<code>:of-type`` rows of an Identifier: type system|code, value as text."""
+    value, kind = identifier["value"], identifier["type"]
+    if type(value) is not str or type(kind) is not dict:
+        return
+    for coding in kind.get("coding") or ():
+        if type(coding) is dict:
+            system, type_code = coding.get("system"), coding.get("code")
+            out.append(
+                (f"{code}:of-type", system and cap(system), type_code and cap(type_code), value)
+            )
 
 
 def emit_string(acc: Accumulator, code: str, nodes: list[Any], hint: str | None) -> None:
     out = acc.strings
     for node in nodes:
         if type(node) is str:
-            out.append((code, normalize_string(node), node))
+            out.append((code, cap(normalize_string(node)), cap(node)))
         elif type(node) is dict:
             for part in _STRING_PARTS:
                 value = node.get(part)
                 if type(value) is str:
-                    out.append((code, normalize_string(value), value))
+                    out.append((code, cap(normalize_string(value)), cap(value)))
                 elif type(value) is list:
-                    out.extend((code, normalize_string(v), v) for v in value if type(v) is str)
+                    out.extend(
+                        (code, cap(normalize_string(v)), cap(v)) for v in value if type(v) is str
+                    )
 
 
 def emit_reference(acc: Accumulator, code: str, nodes: list[Any], hint: str | None) -> None:
@@ -188,8 +252,9 @@ def emit_reference(acc: Accumulator, code: str, nodes: list[Any], hint: str | No
             out.append((code, None, None, version if 0 < len(version) <= 64 else None, node))
         elif type(node) is dict:
             reference = node.get("reference")
-            if type(reference) is str and not reference.startswith("#"):
-                parsed = acc.parse_reference(reference)
+            if type(reference) is str:
+                # "#id" (a contained resource) is kept as url only: it counts for :missing.
+                parsed = None if reference.startswith("#") else acc.parse_reference(reference)
                 if parsed is None:
                     out.append((code, None, None, None, reference))
                 else:
@@ -298,7 +363,7 @@ def _range_bounds(node: dict[str, Any]) -> tuple[float, float, float] | None:
 
 
 def emit_uri(acc: Accumulator, code: str, nodes: list[Any], hint: str | None) -> None:
-    acc.uris.extend((code, node) for node in nodes if type(node) is str)
+    acc.uris.extend((code, cap(node)) for node in nodes if type(node) is str)
 
 
 def emit_position(acc: Accumulator, code: str, nodes: list[Any], hint: str | None) -> None:
@@ -312,7 +377,7 @@ def emit_position(acc: Accumulator, code: str, nodes: list[Any], hint: str | Non
 
 def _is_number(value: object) -> TypeGuard[int | float | Decimal]:
     # Decimal: in case the caller parsed JSON with parse_float=Decimal.
-    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+    return isinstance(value, _NUMBERS) and not isinstance(value, bool)
 
 
 #: Builder per SearchParameter.type; ``special`` only covers ``near``.
@@ -325,4 +390,16 @@ EMITTERS: Final[dict[str, Emitter]] = {
     "quantity": emit_quantity,
     "uri": emit_uri,
     "special": emit_position,
+}
+
+#: The :class:`Accumulator` lists each builder of :data:`EMITTERS` appends to.
+EMITTER_OUTPUTS: Final[dict[str, tuple[str, ...]]] = {
+    "token": ("tokens",),
+    "string": ("strings",),
+    "reference": ("references", "tokens"),  # tokens: <code>:identifier
+    "date": ("dates",),
+    "number": ("numbers",),
+    "quantity": ("quantities",),
+    "uri": ("uris",),
+    "special": ("positions",),
 }

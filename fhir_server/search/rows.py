@@ -58,10 +58,13 @@ QUANTITY_MAX: float = sys.float_info.max
 class TokenRow:
     """A ``system|code`` pair plus display text for ``:text`` searches.
 
-    ``param`` is ``"<code>:identifier"`` for ``Reference.identifier`` values
-    (https://hl7.org/fhir/R4/search.html#reference, ``:identifier`` modifier).
-    A row with ``code=None`` only serves ``:text`` (a ``CodeableConcept.text``
-    that no coding carries).
+    ``text`` is normalised like :attr:`StringRow.value`. ``param`` is
+    ``"<code>:identifier"`` for ``Reference.identifier`` values
+    (https://hl7.org/fhir/R4/search.html#reference, ``:identifier`` modifier)
+    and ``"<code>:of-type"`` for an Identifier's ``type.coding`` (system, code)
+    with the identifier's value, unchanged, as ``text``
+    (https://hl7.org/fhir/R4/search.html#modifiers). A row with ``code=None``
+    only serves ``:text`` (a ``CodeableConcept.text`` that no coding carries).
     """
 
     param: str
@@ -149,7 +152,10 @@ class PositionRow:
 
 @dataclass(frozen=True, slots=True)
 class TextRow:
-    """Normalised free text for ``_text`` (narrative) and ``_content`` (all text of a resource)."""
+    """Normalised free text for ``_text`` (narrative) and ``_content`` (all text of a resource).
+
+    Normalised like :attr:`StringRow.value`, whitespace collapsed to single spaces.
+    """
 
     param: str
     value: str

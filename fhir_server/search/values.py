@@ -6,6 +6,11 @@
   implicit range is +/- half a unit of the last given digit;
 * strings: https://hl7.org/fhir/R4/search.html#string: case- and
   accent-insensitive;
+* free text: https://hl7.org/fhir/R4/search.html#text (``_text``, the narrative)
+  and #content (``_content``, all text of the resource), normalised like strings;
+* index caps: PostgreSQL btree entries must stay under ~2700 bytes, so indexed
+  texts are cut to :data:`INDEX_TEXT_MAX` characters (the query side cuts
+  search values the same way);
 * references: https://hl7.org/fhir/R4/references.html#literal: relative,
   versioned and absolute literal references.
 
@@ -17,23 +22,34 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import html
 import math
 import re
 import unicodedata
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from decimal import Decimal
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from fhir_server.search.rows import DATE_MAX, DATE_MIN
 
 __all__ = [
+    "INDEX_TEXT_MAX",
     "ParsedReference",
+    "cap",
+    "content_text",
     "date_range",
     "make_reference_parser",
+    "narrative_text",
     "normalize_string",
     "number_range",
     "period_range",
 ]
+
+#: Longest indexed text in characters: 512 characters of at most 4 UTF-8 bytes
+#: keep a one-text-column btree entry under PostgreSQL's 2,704-byte limit (an
+#: index over two such columns, token code and system, can still exceed it).
+INDEX_TEXT_MAX: Final = 512
+INDEX_BYTES_MAX: Final = 1_000
 
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ONE_US: Final = dt.timedelta(microseconds=1)
@@ -45,6 +61,8 @@ _FRACTION_WIDTH: Final = (1_000_000, 100_000, 10_000, 1_000, 100, 10, 1)
 # has at most 17 significant digits, hence 0..400 covers every position).
 _MAX_EXACT_INT: Final = 2**1000  # well inside float range (about 2**1024)
 _HALF_UNIT: Final = tuple(float(Decimal(5).scaleb(-n - 1)) for n in range(400))
+# A tuple, not ``int | float | …``: that union would be rebuilt on every call.
+_NUMERIC: Final = (int, float, Decimal, str)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -126,7 +144,7 @@ def number_range(value: object) -> tuple[float, float, float] | None:
     0.995..1.005), a ``float`` only has its shortest repr (``1.0``), so
     orjson-parsed "1.00" is indexed as 0.95..1.05, i.e. slightly wider.
     """
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
+    if isinstance(value, bool) or not isinstance(value, _NUMERIC):
         return None
     if isinstance(value, int):
         if abs(value) > _MAX_EXACT_INT:
@@ -150,18 +168,103 @@ def number_range(value: object) -> tuple[float, float, float] | None:
     return bounds if all(map(math.isfinite, bounds)) else None
 
 
+_CACHED_MAX: Final = 256
+_NON_ASCII: Final = re.compile(r"[^\x00-\x7f]+")
+
+
 def normalize_string(value: str) -> str:
     """Casefold and strip diacritics (NFKD, combining marks dropped)."""
     if value.isascii():
         # ASCII is its own NFKD form and casefold() equals lower() on it.
         return value.lower()
-    return _normalize_unicode(value)
+    if len(value) > _CACHED_MAX:
+        return _fold(value)  # long texts (narratives) would bloat the cache
+    return _fold_cached(value)
 
 
-@functools.lru_cache(maxsize=4096)
-def _normalize_unicode(value: str) -> str:
+def _fold(value: str) -> str:
     decomposed = unicodedata.normalize("NFKD", value.casefold())
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
+    # Combining marks are never ASCII: only the non-ASCII runs need a look.
+    return _NON_ASCII.sub(_drop_marks, decomposed)
+
+
+def _drop_marks(run: re.Match[str]) -> str:
+    return "".join(c for c in run.group() if not unicodedata.combining(c))
+
+
+_fold_cached: Final = functools.lru_cache(maxsize=4096)(_fold)
+
+
+def cap(text: str) -> str:
+    """``text`` cut to :data:`INDEX_TEXT_MAX` characters and :data:`INDEX_BYTES_MAX` UTF-8
+    bytes (PostgreSQL refuses btree entries over ~2,700 bytes; ix_token's holds two texts)."""
+    text = text[:INDEX_TEXT_MAX]
+    if text.isascii() or len(text.encode()) <= INDEX_BYTES_MAX:
+        return text
+    return text.encode()[:INDEX_BYTES_MAX].decode(errors="ignore")
+
+
+# Inline XHTML elements (https://hl7.org/fhir/R4/narrative.html#xhtml) join the
+# text around them ("H<sub>2</sub>O"); every other tag separates words.
+_INLINE_TAG: Final = re.compile(
+    r"</?(?:a|abbr|acronym|b|bdo|big|cite|code|dfn|em|i|kbd|q|s|samp|small|span"
+    r"|strike|strong|sub|sup|tt|u|var)\b[^>]*>",
+    re.IGNORECASE,
+)
+_TAG: Final = re.compile(r"<[^>]*>")
+
+
+def narrative_text(div: str) -> str:
+    """The text of a narrative ``div``, normalised, whitespace collapsed."""
+    text = html.unescape(_TAG.sub(" ", _INLINE_TAG.sub("", div)))
+    return " ".join(normalize_string(text).split())
+
+
+# Keys whose values are not searchable content: the narrative (``_text``),
+# reference literals, base64 payloads, ids and metadata, the type name.
+_NOT_CONTENT: Final = frozenset({"div", "reference", "data", "id", "meta", "resourceType"})
+
+
+def content_text(resource: Mapping[str, Any]) -> str:
+    """All string values of ``resource`` (``_content``), normalised and joined.
+
+    Walks with an explicit stack, so the depth of the resource does not matter.
+    Values of a node come before those of its children; across siblings the
+    order is not the document order (the text is searched by substring).
+    Whitespace is collapsed as for the narrative.
+    """
+    parts: list[str] = []
+    append = parts.append
+    pending: list[Mapping[str, Any]] = [resource]
+    push, pop = pending.append, pending.pop
+    skip = _NOT_CONTENT
+    # One loop per JSON object; arrays are unrolled in place (FHIR arrays hold
+    # only primitives or objects, never arrays).
+    while pending:
+        for key, value in pop().items():
+            kind = type(value)
+            if kind is str:
+                if key not in skip:
+                    append(value)
+            elif kind is dict:
+                if key not in skip:
+                    push(value)
+            elif kind is list and key not in skip:
+                for item in value:
+                    kind = type(item)
+                    if kind is str:
+                        append(item)
+                    elif kind is dict:
+                        push(item)
+    return _collapse(normalize_string(" ".join(parts)))
+
+
+def _collapse(text: str) -> str:
+    # isprintable() is false for every whitespace character but " " (a regex
+    # search for irregular spaces cost 4x the split and join it saves).
+    if text.isprintable() and "  " not in text and text[:1] != " " != text[-1:]:
+        return text  # the common case: nothing to collapse
+    return " ".join(text.split())
 
 
 class ParsedReference(NamedTuple):

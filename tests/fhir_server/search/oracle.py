@@ -31,7 +31,7 @@ Values (https://hl7.org/fhir/R4/search.html#ptypes)
     s.low; ge: t.high >= s.low; le: t.low <= s.high; sa: t.low > s.high; eb: t.high < s.low;
     ap: the ranges overlap.
   * number and quantity: a search value with n decimals covers [v - 0.5*10^-n, v + 0.5*10^-n]
-    (search.html#number); the stored value t is a point. eq: s.low <= t <= s.high; ne: not
+    (search.html#number); the stored value t is a point. eq: s.low <= t < s.high (or t = v); ne: not
     eq; and since "the implicit precision of the number is ignored" for the other prefixes:
     gt and sa: t > v; lt and eb: t < v; ge: t >= v; le: t <= v. Quantity
     ``v|system|code`` also needs equal system and code, ``v||code`` a code or unit equal to
@@ -435,8 +435,8 @@ def _number_test(prefix: str, number: str) -> Callable[[Span], bool]:
         raise ValueError(f"not a number search value: {prefix}{number}")
     v = Decimal(number)
     tests: dict[str, Callable[[Decimal], bool]] = {
-        "eq": lambda t: s.low <= t <= s.high,
-        "ne": lambda t: not (s.low <= t <= s.high),
+        "eq": lambda t: s.low <= t < s.high or t == v,
+        "ne": lambda t: not (s.low <= t < s.high or t == v),
         "gt": lambda t: t > v,
         "lt": lambda t: t < v,
         "ge": lambda t: t >= v,

@@ -78,14 +78,16 @@ def test_patient_example(indexer: Indexer) -> None:
     assert ReferenceRow("organization", "Organization", "1", None, "Organization/1") in (
         rows.references
     )
-    assert TokenRow("phone", "phone", "(03) 5555 6473", None) in rows.tokens
+    # A ContactPoint's system is a code (phone), not a code system: the value has none.
+    assert TokenRow("phone", None, "(03) 5555 6473", None) in rows.tokens
     assert rows.for_param("_id") == ()
 
 
 def test_observation_example(indexer: Indexer) -> None:
     rows = indexer.extract(load_example("observation-example-f001-glucose.json"))
     assert rows.for_param("code") == (
-        TokenRow("code", "http://loinc.org", "15074-8", "Glucose [Moles/volume] in Blood"),
+        # The display is normalised for :text (https://hl7.org/fhir/R4/search.html#token).
+        TokenRow("code", "http://loinc.org", "15074-8", "glucose [moles/volume] in blood"),
     )
     assert rows.for_param("value-quantity") == (
         QuantityRow(
@@ -110,7 +112,18 @@ def test_composite_components_are_indexed(indexer: Indexer) -> None:
     assert component_codes >= {"8480-6", "8462-4"}
     values = {r.value for r in rows.quantities if r.param == "component-value-quantity"}
     assert values == {107.0}  # the diastolic component has a dataAbsentReason
-    assert rows.for_param("component-code-value-quantity") == ()  # composites: no own rows
+    # The composite's rows come under c$k with the component's number as grp; the
+    # diastolic component (grp 2) lacks a value, so it cannot match and gets none.
+    assert rows.for_param("component-code-value-quantity") == ()
+    assert {
+        (r.code, r.grp) for r in rows.tokens if r.param == "component-code-value-quantity$0"
+    } == {
+        ("8480-6", 1),
+        ("271649006", 1),
+        ("bp-s", 1),
+    }
+    (systolic,) = rows.for_param("component-code-value-quantity$1")
+    assert isinstance(systolic, QuantityRow) and (systolic.value, systolic.grp) == (107.0, 1)
 
 
 def test_base_parameters(indexer: Indexer) -> None:
@@ -170,8 +183,8 @@ def test_reference_identifier_becomes_a_token(indexer: Indexer) -> None:
     assert TokenRow(
         "provider:identifier", "http://www.jurisdiction.com/careorganizations", "HOSP12345", None
     ) in (rows.tokens)
-    # "#patient-1" points into `contained`: no reference row.
-    assert rows.for_param("patient") == ()
+    # "#patient-1" points into `contained`: a url-only row (it counts for :missing).
+    assert rows.for_param("patient") == (ReferenceRow("patient", None, None, None, "#patient-1"),)
 
 
 def test_versioned_reference(indexer: Indexer) -> None:
@@ -203,6 +216,7 @@ def test_reference_forms(indexer: Indexer) -> None:
         ReferenceRow(
             "performer", None, None, None, "urn:uuid:0b8f1e9c-6b4e-4d2a-9a6c-1c2f1f6d1a11"
         ),
+        ReferenceRow("performer", None, None, None, "#contained"),
     )
     assert rows.for_param("hasMember") == ()
     assert rows.for_param("has-member") == (
@@ -315,9 +329,16 @@ def test_every_example_extracts_valid_rows(indexer: Indexer) -> None:
         before = copy.deepcopy(resource)
         rows = indexer.extract(resource)
         assert resource == before  # extraction never mutates
-        codes = set(registry.params_for(resource["resourceType"]))
+        params = registry.params_for(resource["resourceType"])
         for row in rows.all():
-            assert row.param.removesuffix(":identifier") in codes, row
+            code, dollar, k = row.param.removesuffix(":identifier").partition("$")
+            code = code.removesuffix(":of-type")
+            assert code in params, row
+            if dollar:  # a composite's component k, from its element number grp
+                assert params[code].type == "composite" and int(k) < len(params[code].components)
+                assert row.grp >= 1, row
+            else:
+                assert row.grp == 0, row
             total += 1
         assert all(r.low <= r.high for r in rows.dates)
         assert all(r.low <= r.value <= r.high for r in rows.numbers)

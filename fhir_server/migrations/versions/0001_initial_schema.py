@@ -77,6 +77,16 @@ def _index_tables() -> dict[str, tuple[list[sa.Column[object]], list[str]]]:
     }
 
 
+_STATISTICS = {
+    "ix_token": "res_type, param, code",
+    "ix_reference": "res_type, param, target_type",
+    "ix_string": "res_type, param",
+    "ix_date": "res_type, param",
+    "ix_quantity": "res_type, param, code",
+    "ix_uri": "res_type, param",
+}
+
+
 def upgrade() -> None:
     op.create_table(
         "resource",
@@ -125,6 +135,13 @@ def upgrade() -> None:
             op.execute(
                 f"ALTER TABLE {name} SET (autovacuum_analyze_scale_factor = 0.01, "
                 "autovacuum_analyze_threshold = 500)"
+            )
+        # The planner assumes columns independent: "Observation" x "code" x "55284-4" would be
+        # estimated ~20x too rare and the search started from the wrong side. Joint statistics
+        # (most common combinations, functional dependencies) fix the estimates.
+        for name, columns in _STATISTICS.items():
+            op.execute(
+                f"CREATE STATISTICS {name}_joint (mcv, dependencies) ON {columns} FROM {name}"
             )
 
 

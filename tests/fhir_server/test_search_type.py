@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from fastapi.testclient import TestClient
@@ -207,7 +209,10 @@ def test_number_quantity_composite_and_text(client: TestClient, people: dict[str
             ],
         ),
     )
-    obs = lambda *xs: {f"Observation/{x}" for x in xs}  # noqa: E731
+
+    def obs(*xs: str) -> set[str]:
+        return {f"Observation/{x}" for x in xs}
+
     assert ids(search(client, "Observation", **{"value-quantity": "gt140"})) == obs(high)
     assert ids(search(client, "Observation", **{"value-quantity": "152"})) == obs(high)
     assert ids(search(client, "Observation", **{"value-quantity": "118.5"})) == obs(low)
@@ -469,7 +474,8 @@ def test_common_parameters_list_and_uri_modifiers(client: TestClient) -> None:
     only_tagged = {f"Observation/{tagged}"}
     assert ids(search(client, "Observation", _tag="urn:medikus:tag|pilot")) == only_tagged
     assert ids(search(client, "Observation", _security="R")) == only_tagged
-    assert ids(search(client, "Observation", _profile=meta["profile"][0])) == only_tagged
+    profile = "http://fhir.de/StructureDefinition/observation-de-vitalsign"
+    assert ids(search(client, "Observation", _profile=profile)) == only_tagged
     assert ids(search(client, "Observation", _source="urn:medikus:station:kusel")) == only_tagged
     assert (
         ids(
@@ -501,3 +507,57 @@ def test_common_parameters_list_and_uri_modifiers(client: TestClient) -> None:
     by_identifier = {"subject:identifier": "http://fhir.de/sid/gkv/kvid-10|Z1"}
     assert ids(search(client, "Observation", **by_identifier)) == {f"Observation/{identified}"}
     assert error(client, "Observation", **{"code:below": "8310"})
+
+
+def test_paging_while_another_client_inserts(server: ServerProcess) -> None:
+    """Keyset pages: no duplicates and no gaps among the resources that existed at the start,
+    while a second client keeps inserting older and newer ones (real server, real threads)."""
+    base = f"{server.base}/fhir"
+    with httpx.Client(timeout=30) as http:
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": observation(
+                        "p", "8867-4", 60, when=f"2024-02-{d % 28 + 1:02d}T{d % 24:02d}:00:00Z"
+                    )
+                    | {"subject": {"display": "p"}},
+                    "request": {"method": "POST", "url": "Observation"},
+                }
+                for d in range(60)
+            ],
+        }
+        created = http.post(base, json=bundle, headers=FHIR)
+        assert created.status_code == 200, created.text
+        locations = [e["response"]["location"] for e in created.json()["entry"]]
+        initial = {loc.split("Observation/")[1].split("/")[0] for loc in locations}
+        stop = threading.Event()
+
+        def insert() -> None:
+            with httpx.Client(timeout=30) as writer:
+                day = 0
+                while not stop.is_set():
+                    day += 1
+                    for when in (f"2023-01-{day % 28 + 1:02d}", f"2025-01-{day % 28 + 1:02d}"):
+                        resource = observation("p", "8867-4", 61, when=when) | {
+                            "subject": {"display": "p"}
+                        }
+                        writer.post(f"{base}/Observation", json=resource, headers=FHIR)
+
+        thread = threading.Thread(target=insert)
+        thread.start()
+        try:
+            seen: list[str] = []
+            url: str | None = f"{base}/Observation?code=8867-4&_sort=date&_count=7"
+            while url:
+                page = http.get(url).json()
+                seen += [e["resource"]["id"] for e in page.get("entry", [])]
+                url = next((x["url"] for x in page["link"] if x["relation"] == "next"), None)
+                if len(seen) > 2_000:
+                    break
+        finally:
+            stop.set()
+            thread.join()
+    assert len(seen) == len(set(seen)), "a page repeated a resource"
+    assert initial <= set(seen), "a page skipped a resource"

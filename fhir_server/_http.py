@@ -8,18 +8,20 @@ OperationOutcome and are logged here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from fhir_server.context import Context
 from fhir_server.errors import Category, FhirError
+from fhir_server.notifications import WebSocketHub
 from fhir_server.request import FHIR_JSON, FhirRequest, FhirResponse, is_whole_number
 from fhir_server.router import dispatch
 
@@ -47,17 +49,26 @@ _ROUTES: tuple[tuple[str, str, str, dict[str, Any] | None], ...] = (
     ("PATCH", "/{type}", "conditional patch", _PATCH_BODY),
     ("GET", "/{type}/{id}/_history/{vid}", "vread", None),
     ("GET", "/{type}/{id}/_history", "history (instance)", None),
+    ("GET", "/{type}/{id}/$everything", "$everything", None),
+    ("GET", "/{type}/$lastn", "$lastn", None),
+    ("GET", "/{type}/{id}/{compartment_type}", "compartment search", None),
     ("POST", "/{type}/{id}/$validate", "$validate (instance)", _BODY),
     ("GET", "/{type}/{id}", "read", None),
     ("DELETE", "/{type}/{id}", "delete", None),
     ("PUT", "/{type}/{id}", "update", _BODY),
     ("PATCH", "/{type}/{id}", "patch", _PATCH_BODY),
 )
-_PATH_PARAMETERS = {"type": "resource type", "id": "logical id", "vid": "version id"}
+_PATH_PARAMETERS = {
+    "type": "resource type",
+    "id": "logical id",
+    "vid": "version id",
+    "compartment_type": "resource type in the compartment",
+}
 
 
-def install(app: FastAPI, ctx: Context) -> None:
-    """Adds the FHIR API under /fhir and turns every HTTP-level error into an OperationOutcome."""
+def install(app: FastAPI, ctx: Context, websocket: WebSocketHub | None = None) -> None:
+    """Adds the FHIR API under /fhir and turns every HTTP-level error into an OperationOutcome;
+    with a hub, the subscriptions' websocket channel at /fhir/ws."""
     router = APIRouter(prefix=PREFIX)
     endpoint = _endpoint(ctx)
     for method, path, summary, body in _ROUTES:
@@ -72,6 +83,8 @@ def install(app: FastAPI, ctx: Context) -> None:
         )
     # Clients post bundles to the base with or without a trailing slash.
     router.add_api_route("/", endpoint, methods=["POST"], include_in_schema=False)
+    if websocket is not None:
+        router.add_api_websocket_route("/ws", _websocket(websocket))
     app.include_router(router)
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
@@ -157,3 +170,29 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> R
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     return _outcome(Category.FAULT, "An internal error occurred; it has been logged.")
+
+
+def _websocket(hub: WebSocketHub) -> Callable[[WebSocket], Awaitable[None]]:
+    """The R4 websocket channel (https://hl7.org/fhir/R4/subscription.html#channels): the client
+    sends ``bind <id>``, the server answers ``bound <id>`` and then ``ping <id>`` per notification."""
+
+    async def endpoint(socket: WebSocket) -> None:
+        await socket.accept()
+        session = hub.session()
+
+        async def send() -> None:
+            while True:
+                await socket.send_text(await session.next_message())
+
+        sender = asyncio.create_task(send())
+        try:
+            while True:
+                await session.receive(await socket.receive_text())
+        except WebSocketDisconnect:
+            pass
+        finally:
+            session.close()
+            sender.cancel()
+            await asyncio.wait({sender})  # ends it without raising what ended it
+
+    return endpoint

@@ -26,10 +26,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from fhir_server.criteria import Criterion, DateRange, Reference, Token, Value
+from fhir_server.search.sql import Statement
 from fhir_server.store import (
+    DeliveryState,
     HistoryQuery,
     NewVersion,
+    Notification,
+    OutboxEntry,
     StoredVersion,
     StoreUnavailable,
     VersionConflict,
@@ -37,13 +40,17 @@ from fhir_server.store import (
 
 metadata = sa.MetaData()
 _Seq = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# Index text is compared bytewise (UTF-8 order = code point order on both databases), so prefix
+# searches run as index range scans.
+_Text = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
+_Id = sa.String(64).with_variant(sa.String(64, collation="C"), "postgresql")
 
 resource_version = sa.Table(
     "resource_version",
     metadata,
     sa.Column("seq", _Seq, primary_key=True, autoincrement=True),
     sa.Column("res_type", sa.String(64), nullable=False),
-    sa.Column("res_id", sa.String(64), nullable=False),
+    sa.Column("res_id", _Id, nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("last_updated", sa.BigInteger, nullable=False),
     sa.Column("method", sa.String(8), nullable=False),
@@ -56,7 +63,7 @@ resource = sa.Table(
     "resource",
     metadata,
     sa.Column("res_type", sa.String(64), primary_key=True),
-    sa.Column("res_id", sa.String(64), primary_key=True),
+    sa.Column("res_id", _Id, primary_key=True),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("last_updated", sa.BigInteger, nullable=False),
     sa.Column("deleted", sa.Boolean, nullable=False),
@@ -64,19 +71,22 @@ resource = sa.Table(
 
 
 def _index_table(name: str, *columns: sa.Column[Any], lookup: Sequence[str]) -> sa.Table:
+    # grp numbers the element a composite parameter's component rows came from.
+    indexes = [sa.Index(f"{name}_resource", "res_type", "res_id", "param")]
+    if lookup:
+        indexes.append(sa.Index(f"{name}_lookup", "res_type", "param", *lookup))
     return sa.Table(
         name,
         metadata,
         sa.Column("res_type", sa.String(64), nullable=False),
-        sa.Column("res_id", sa.String(64), nullable=False),
+        sa.Column("res_id", _Id, nullable=False),
         sa.Column("param", sa.String(100), nullable=False),
         *columns,
-        sa.Index(f"{name}_resource", "res_type", "res_id"),
-        sa.Index(f"{name}_lookup", "res_type", "param", *lookup),
+        sa.Column("grp", sa.Integer, nullable=False, server_default="0"),
+        *indexes,
     )
 
 
-_Text = sa.Text
 ix_token = _index_table(
     "ix_token",
     sa.Column("system", _Text),
@@ -93,7 +103,7 @@ ix_string = _index_table(
 ix_reference = _index_table(
     "ix_reference",
     sa.Column("target_type", sa.String(64)),
-    sa.Column("target_id", sa.String(64)),
+    sa.Column("target_id", _Id),
     sa.Column("version", sa.String(64)),
     sa.Column("url", _Text, nullable=False),
     lookup=("target_id", "target_type"),
@@ -128,6 +138,8 @@ ix_position = _index_table(
     sa.Column("longitude", sa.Float, nullable=False),
     lookup=("latitude", "longitude"),
 )
+# Narrative and whole-content text (_text, _content): searched by substring, so no value index.
+ix_text = _index_table("ix_text", sa.Column("value", _Text, nullable=False), lookup=())
 
 # IndexRows attribute -> its table; the table's columns after (res_type, res_id) are the row's fields.
 _INDEX_TABLES: dict[str, sa.Table] = {
@@ -139,6 +151,7 @@ _INDEX_TABLES: dict[str, sa.Table] = {
     "quantities": ix_quantity,
     "uris": ix_uri,
     "positions": ix_position,
+    "texts": ix_text,
 }
 
 _CURRENT_COLUMNS = (
@@ -190,7 +203,7 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
         "busy_timeout=60000",
         "foreign_keys=ON",
         "cache_size=-131072",
-        "mmap_size=1073741824",
+        "mmap_size=17179869184",
         "temp_store=MEMORY",
     ):
         cursor.execute(f"PRAGMA {pragma}")
@@ -250,6 +263,8 @@ class SqlUnitOfWork:
         self._new_versions: list[tuple[Any, ...]] = []
         self._new_resources: list[tuple[Any, ...]] = []
         self._new_index: dict[str, list[tuple[Any, ...]]] = {k: [] for k in _INDEX_TABLES}
+        # (type, id, version) of every version written: the subscriptions' outbox rows.
+        self.outbox: list[tuple[str, str, int]] = []
 
     def current(self, type: str, id: str) -> StoredVersion | None:
         self.flush()
@@ -280,6 +295,7 @@ class SqlUnitOfWork:
             )
         )
         self._stage_index(version)
+        self.outbox.append((version.type, version.id, version.version))
 
     def _insert_resource(self, version: NewVersion) -> None:
         row = (version.type, version.id, version.version, version.last_updated, version.deleted)
@@ -362,10 +378,9 @@ class SqlUnitOfWork:
             found.update((r.res_type, r.res_id) for r in self._conn.execute(query))
         return found
 
-    def match(self, type: str, criteria: list[Criterion], limit: int) -> list[str]:
+    def select(self, statement: Statement) -> list[tuple[Any, ...]]:
         self.flush()
-        query = sa.select(resource.c.res_id).where(*_where(type, criteria)).limit(limit)
-        return [r.res_id for r in self._conn.execute(query)]
+        return [tuple(r) for r in self._conn.execute(sa.text(statement.sql), statement.params)]
 
     def lock(self, key: str) -> None:
         if self._dialect == "postgresql":
@@ -424,6 +439,7 @@ class SqlStore:
                 uow = SqlUnitOfWork(connection)
                 yield uow
                 uow.flush()
+                _stage_outbox(uow)
 
     @contextmanager
     def write_slot(self) -> Iterator[None]:
@@ -506,30 +522,25 @@ class SqlStore:
         with self._reading() as conn:
             return [_version(r) for r in conn.execute(stmt)]
 
-    def search(
-        self, type: str, criteria: list[Criterion], count: int, offset: int
-    ) -> Iterator[StoredVersion]:
-        query = (
-            sa.select(*_CURRENT_COLUMNS)
-            .select_from(_JOIN_CURRENT)
-            .where(*_where(type, criteria))
-            .order_by(resource.c.last_updated.desc(), resource.c.res_id)
-            .limit(count)
-            .offset(offset)
-        )
+    def select(self, statement: Statement) -> list[tuple[Any, ...]]:
         with self._reading() as conn:
-            rows = conn.execute(query).all()
-        return (_version(r) for r in rows)
+            return [tuple(r) for r in conn.execute(sa.text(statement.sql), statement.params)]
 
-    def match(self, type: str, criteria: list[Criterion], limit: int) -> list[str]:
-        query = sa.select(resource.c.res_id).where(*_where(type, criteria)).limit(limit)
+    def fetch(self, keys: Sequence[tuple[str, str]]) -> list[StoredVersion]:
+        """Current, non-deleted versions of ``keys``, in the order of ``keys`` (missing skipped)."""
+        found: dict[tuple[str, str], StoredVersion] = {}
+        key = sa.tuple_(resource.c.res_type, resource.c.res_id)
+        pairs = list(dict.fromkeys(keys))
         with self._reading() as conn:
-            return [r.res_id for r in conn.execute(query)]
-
-    def count(self, type: str, criteria: list[Criterion]) -> int:
-        query = sa.select(sa.func.count()).select_from(resource).where(*_where(type, criteria))
-        with self._reading() as conn:
-            return int(conn.execute(query).scalar_one())
+            for start in range(0, len(pairs), 500):
+                query = (
+                    sa.select(*_CURRENT_COLUMNS)
+                    .select_from(_JOIN_CURRENT)
+                    .where(key.in_(pairs[start : start + 500]), resource.c.deleted.is_(False))
+                )
+                for row in conn.execute(query):
+                    found[(row.res_type, row.res_id)] = _version(row)
+        return [found[k] for k in pairs if k in found]
 
     def ping(self) -> None:
         with self._reading() as conn:
@@ -539,76 +550,307 @@ class SqlStore:
         self.engine.dispose()
 
 
-def _where(type: str, criteria: list[Criterion]) -> list[sa.ColumnElement[bool]]:
-    clauses = [resource.c.res_type == type, resource.c.deleted.is_(False)]
-    for criterion in criteria:
-        if criterion.kind == "_id":
-            clauses.append(resource.c.res_id.in_([str(v) for v in criterion.values]))
-            continue
-        table = _CRITERION_TABLES[criterion.kind]
-        matches = [_value_clause(table, criterion, value) for value in criterion.values]
-        clauses.append(
-            sa.exists().where(
-                table.c.res_type == resource.c.res_type,
-                table.c.res_id == resource.c.res_id,
-                table.c.param == criterion.param,
-                sa.or_(*matches),
-            )
+# --- Subscriptions ---
+# https://hl7.org/fhir/R4/subscription.html: an outbox row per written version, inserted in the
+# writing transaction (so a rolled-back write never notifies and a committed one is never lost),
+# the notifications owed to each subscription, and where delivery to each subscription stands.
+# The dispatcher (notifications.py) moves outbox rows to notifications and delivers them.
+
+subscription_outbox = sa.Table(
+    "subscription_outbox",
+    metadata,
+    sa.Column("seq", _Seq, primary_key=True, autoincrement=True),
+    sa.Column("res_type", sa.String(64), nullable=False),
+    sa.Column("res_id", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+subscription_notification = sa.Table(
+    "subscription_notification",
+    metadata,
+    sa.Column("id", _Seq, primary_key=True, autoincrement=True),
+    sa.Column("sub_id", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("res_type", sa.String(64), nullable=False),
+    sa.Column("res_id", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created", sa.BigInteger, nullable=False),
+    sa.Index("ix_subscription_notification_sub", "sub_id", "channel", "id"),
+    # Ids are a cursor for the websocket pollers: SQLite must never reuse one.
+    sqlite_autoincrement=True,
+)
+subscription_delivery = sa.Table(
+    "subscription_delivery",
+    metadata,
+    sa.Column("sub_id", sa.String(64), primary_key=True),
+    sa.Column("sub_version", sa.Integer, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("next_attempt", sa.BigInteger, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
+)
+_BULK_COLUMNS["subscription_outbox"] = ("subscription_outbox", ("res_type", "res_id", "version"))
+_ANY_SUBSCRIPTION = (
+    sa.select(resource.c.res_id)
+    .where(resource.c.res_type == "Subscription", resource.c.deleted.is_(False))
+    .limit(1)
+)
+
+
+def _stage_outbox(uow: SqlUnitOfWork) -> None:
+    """Inserts the outbox rows of a unit of work through the bulk path, at its end. While no
+    Subscription exists there is nothing to notify, and a write pays one index lookup only."""
+    if uow.outbox and uow._conn.execute(_ANY_SUBSCRIPTION).first() is not None:
+        uow._bulk_insert("subscription_outbox", uow.outbox)
+    uow.outbox.clear()
+
+
+def _advisory_key(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
+
+
+class _FileLease:
+    """SQLite: an exclusive lock on a file next to the database; the kernel drops it when the
+    process dies, so another worker takes over."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def alive(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
+
+
+class _LockLease:
+    """An in-memory SQLite database lives in one process: a thread lock suffices."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+
+    def alive(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+class _PgLease:
+    """PostgreSQL: a session advisory lock on a connection kept for it; the server releases the lock
+    when that connection ends (also when the process is killed)."""
+
+    def __init__(self, connection: Connection, key: int) -> None:
+        self._conn = connection
+        self._key = key
+
+    def alive(self) -> bool:
+        try:
+            self._conn.exec_driver_sql("SELECT 1")
+            self._conn.commit()
+        except DBAPIError:
+            return False
+        return True
+
+    def release(self) -> None:
+        try:
+            self._conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+            self._conn.commit()
+        except DBAPIError:
+            pass  # the connection is gone, and the lock with it
+        finally:
+            self._conn.close()
+
+
+class SqlSubscriptionStore:
+    """The SubscriptionStore port on the SQL store's engine."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+        self._engine = store.engine
+        self._dialect = store.dialect
+        database = self._engine.url.database if self._dialect == "sqlite" else None
+        self._lease_file = (
+            f"{database}.dispatcher-lock" if database and database != ":memory:" else None
         )
-    return clauses
+        self._memory_lease = threading.Lock()
+        self._keys: tuple[int, int] | None = None
+
+    def _pg_keys(self, conn: Connection) -> tuple[int, int]:
+        # Per schema: databases shared by several schemas (tests) get one dispatcher per schema.
+        if self._keys is None:
+            schema = conn.exec_driver_sql("SELECT current_schema()").scalar_one()
+            self._keys = (
+                _advisory_key(f"medikus.subscriptions.lead:{schema}"),
+                _advisory_key(f"medikus.subscriptions.enqueue:{schema}"),
+            )
+        return self._keys
+
+    def lead(self) -> _FileLease | _LockLease | _PgLease | None:
+        if self._dialect == "postgresql":
+            return self._pg_lead()
+        if self._lease_file is None:
+            return _LockLease(self._memory_lease) if self._memory_lease.acquire(False) else None
+        file = open(self._lease_file, "a+b")  # noqa: SIM115 - the lease owns and closes it
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            return None
+        return _FileLease(file)
+
+    def _pg_lead(self) -> _PgLease | None:
+        with _Translate():
+            conn = self._engine.connect()
+            try:
+                key = self._pg_keys(conn)[0]
+                got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
+                locked = bool(got.scalar_one())
+                conn.commit()
+            except BaseException:
+                conn.close()
+                raise
+        if not locked:
+            conn.close()
+            return None
+        return _PgLease(conn, key)
+
+    @contextmanager
+    def _writing(self, *, serialised: bool = False) -> Iterator[Connection]:
+        """A write transaction that takes turns with the record's writers (SQLite has one
+        writer); ``serialised``: also with other enqueues on PostgreSQL (notification ids then
+        grow in commit order)."""
+        with self._store._one_writer(), _Translate(), self._engine.connect() as conn:
+            if self._dialect == "sqlite":
+                conn.info["begin"] = "BEGIN IMMEDIATE"
+            with conn.begin():
+                if serialised and self._dialect == "postgresql":
+                    key = self._pg_keys(conn)[1]
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+                yield conn
+
+    def subscriptions(self) -> list[StoredVersion]:
+        query = (
+            sa.select(*_CURRENT_COLUMNS)
+            .select_from(_JOIN_CURRENT)
+            .where(resource.c.res_type == "Subscription", resource.c.deleted.is_(False))
+        )
+        with self._store._reading() as conn:
+            return [_version(r) for r in conn.execute(query)]
+
+    def outbox(self, limit: int) -> list[OutboxEntry]:
+        o = subscription_outbox.c
+        query = sa.select(o.seq, o.res_type, o.res_id, o.version).order_by(o.seq).limit(limit)
+        with self._store._reading() as conn:
+            return [
+                OutboxEntry(r.seq, r.res_type, r.res_id, r.version) for r in conn.execute(query)
+            ]
+
+    def enqueue(self, matched: dict[int, list[Notification]], now: int) -> None:
+        o = subscription_outbox
+        with self._writing(serialised=True) as conn:
+            # Claimed by deleting: rows another dispatcher already took are not notified twice.
+            result = conn.execute(o.delete().where(o.c.seq.in_(list(matched))).returning(o.c.seq))
+            claimed = sorted(r.seq for r in result)
+            rows = [
+                {
+                    "sub_id": n.subscription,
+                    "channel": n.channel,
+                    "res_type": n.type,
+                    "res_id": n.resource_id,
+                    "version": n.version,
+                    "created": now,
+                }
+                for seq in claimed
+                for n in matched[seq]
+            ]
+            if rows:
+                conn.execute(subscription_notification.insert(), rows)
+
+    def due(self, subscription: str, channel: str, limit: int) -> list[Notification]:
+        n = subscription_notification.c
+        query = (
+            sa.select(n.id, n.sub_id, n.channel, n.res_type, n.res_id, n.version)
+            .where(n.sub_id == subscription, n.channel == channel)
+            .order_by(n.id)
+            .limit(limit)
+        )
+        with self._store._reading() as conn:
+            return [_notification(r) for r in conn.execute(query)]
+
+    def pending(self) -> list[tuple[str, str]]:
+        n = subscription_notification.c
+        with self._store._reading() as conn:
+            rows = conn.execute(sa.select(n.sub_id, n.channel).distinct())
+            return [(r.sub_id, r.channel) for r in rows]
+
+    def acknowledge(self, ids: Collection[int]) -> None:
+        table = subscription_notification
+        with self._writing() as conn:
+            conn.execute(table.delete().where(table.c.id.in_(list(ids))))
+
+    def discard(self, pairs: Collection[tuple[str, str]]) -> None:
+        table = subscription_notification
+        with self._writing() as conn:
+            for sub_id, channel in pairs:
+                conn.execute(
+                    table.delete().where(table.c.sub_id == sub_id, table.c.channel == channel)
+                )
+
+    def prune(self, channel: str, before: int) -> None:
+        table = subscription_notification
+        with self._writing() as conn:
+            conn.execute(table.delete().where(table.c.channel == channel, table.c.created < before))
+
+    def delivery_states(self) -> dict[str, DeliveryState]:
+        d = subscription_delivery.c
+        with self._store._reading() as conn:
+            rows = conn.execute(
+                sa.select(d.sub_id, d.sub_version, d.failures, d.next_attempt, d.last_error)
+            )
+            return {
+                r.sub_id: DeliveryState(
+                    r.sub_id, r.sub_version, r.failures, r.next_attempt, r.last_error
+                )
+                for r in rows
+            }
+
+    def save_state(self, state: DeliveryState) -> None:
+        insert = pg_insert if self._dialect == "postgresql" else sqlite_insert
+        values = {
+            "sub_version": state.subscription_version,
+            "failures": state.failures,
+            "next_attempt": state.next_attempt,
+            "last_error": state.last_error,
+        }
+        statement = (
+            insert(subscription_delivery)
+            .values(sub_id=state.subscription, **values)
+            .on_conflict_do_update(index_elements=["sub_id"], set_=values)
+        )
+        with self._writing() as conn:
+            conn.execute(statement)
+
+    def forget_states(self, subscriptions: Collection[str]) -> None:
+        table = subscription_delivery
+        with self._writing() as conn:
+            conn.execute(table.delete().where(table.c.sub_id.in_(list(subscriptions))))
+
+    def last_notification_id(self) -> int:
+        with self._store._reading() as conn:
+            found = conn.execute(sa.select(sa.func.max(subscription_notification.c.id))).scalar()
+            return int(found or 0)
+
+    def notifications_after(self, after: int, channel: str, limit: int) -> list[Notification]:
+        n = subscription_notification.c
+        query = (
+            sa.select(n.id, n.sub_id, n.channel, n.res_type, n.res_id, n.version)
+            .where(n.id > after, n.channel == channel)
+            .order_by(n.id)
+            .limit(limit)
+        )
+        with self._store._reading() as conn:
+            return [_notification(r) for r in conn.execute(query)]
 
 
-_CRITERION_TABLES = {
-    "token": ix_token,
-    "string": ix_string,
-    "reference": ix_reference,
-    "date": ix_date,
-    "uri": ix_uri,
-}
-
-
-def _value_clause(table: sa.Table, criterion: Criterion, value: Value) -> sa.ColumnElement[bool]:
-    c = table.c
-    if isinstance(value, Token):
-        parts = []
-        if value.code is not None:
-            parts.append(c.code == value.code)
-        if value.system_given:
-            parts.append(c.system == value.system if value.system else c.system.is_(None))
-        return sa.and_(*parts) if parts else sa.true()
-    if isinstance(value, Reference):
-        parts = [c.target_id == value.id]
-        if value.type:
-            parts.append(c.target_type == value.type)
-        return sa.and_(*parts)
-    if isinstance(value, DateRange):
-        return _date_clause(c.low, c.high, value)
-    if criterion.kind == "string":
-        if criterion.modifier == "exact":
-            return c.exact == value
-        pattern = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        pattern = f"%{pattern}%" if criterion.modifier == "contains" else f"{pattern}%"
-        return c.value.like(pattern, escape="\\")
-    if criterion.kind == "reference":
-        return c.url == value
-    return c.value == value
-
-
-def _date_clause(
-    low: sa.Column[int], high: sa.Column[int], value: DateRange
-) -> sa.ColumnElement[bool]:
-    """Range semantics of search.html#prefix: the stored range [low, high] against the value's."""
-    prefix = value.prefix
-    if prefix == "eq":
-        return sa.and_(low >= value.low, high <= value.high)
-    if prefix == "ne":
-        return sa.or_(low < value.low, high > value.high)
-    if prefix in ("gt", "sa"):
-        return high > value.high if prefix == "gt" else low > value.high
-    if prefix in ("lt", "eb"):
-        return low < value.low if prefix == "lt" else high < value.low
-    if prefix == "ge":
-        return high >= value.low
-    if prefix == "le":
-        return low <= value.high
-    return sa.and_(low <= value.high, high >= value.low)  # ap: overlaps
+def _notification(row: Any) -> Notification:
+    return Notification(row.sub_id, row.channel, row.res_type, row.res_id, row.version, row.id)

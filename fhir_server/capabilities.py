@@ -44,6 +44,13 @@ def capability_statement(
         "rest": [
             {
                 "mode": "server",
+                # Subscriptions with channel websocket bind at this URL (subscription.html#ws).
+                "extension": [
+                    {
+                        "url": "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket",
+                        "valueUri": "ws" + base.removeprefix("http") + "/ws",
+                    }
+                ],
                 "resource": [_resource(t, registry) for t in sorted(supported_types())],
                 "interaction": [{"code": c} for c in SYSTEM_INTERACTIONS],
             }

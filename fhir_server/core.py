@@ -9,18 +9,21 @@ from typing import Any
 import uuid_utils
 
 from fhir_server import _http
-from fhir_server._sqlstore import SqlStore
+from fhir_server._sqlstore import SqlStore, SqlSubscriptionStore
 from fhir_server._time import Clock, system_clock
 from fhir_server._validation import ResourceValidator
 from fhir_server.context import Context, Settings
 from fhir_server.criteria import CriteriaParser
+from fhir_server.notifications import DeliverySettings, Dispatcher, WebSocketHub
 from fhir_server.request import FhirRequest, FhirResponse
 from fhir_server.resource_types import supported_types
 from fhir_server.router import dispatch
 from fhir_server.search.extract import Indexer
 from fhir_server.search.registry import SearchParamRegistry
+from fhir_server.store import SubscriptionStore
+from fhir_server.subscriptions import SubscriptionRules
 
-__all__ = ["RecordCore", "Settings"]
+__all__ = ["DeliverySettings", "RecordCore", "Settings"]
 
 
 def _uuid() -> str:
@@ -32,8 +35,11 @@ def _uuid() -> str:
 class RecordCore:
     """A FHIR R4 server on one database; ``install`` mounts it on a FastAPI app at /fhir."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, subscriptions: SubscriptionStore | None = None) -> None:
         self.ctx = ctx
+        self.subscriptions = subscriptions
+        self._hub = WebSocketHub(ctx, subscriptions) if subscriptions is not None else None
+        self._dispatcher: Dispatcher | None = None
 
     @classmethod
     def open(
@@ -60,7 +66,9 @@ class RecordCore:
             settings=settings or Settings(),
             version=version,
         )
-        return cls(ctx)
+        # Subscriptions are checked (and activated) where every write is validated.
+        ctx = replace(ctx, validator=SubscriptionRules(ctx.validator, ctx))
+        return cls(ctx, SqlSubscriptionStore(store))
 
     @staticmethod
     def migrate(database_url: str) -> None:
@@ -68,10 +76,24 @@ class RecordCore:
         SqlStore.open(database_url, pool_size=1).close()
 
     def with_settings(self, **changes: Any) -> RecordCore:
-        return RecordCore(replace(self.ctx, settings=replace(self.ctx.settings, **changes)))
+        settings = replace(self.ctx.settings, **changes)
+        return RecordCore(replace(self.ctx, settings=settings), self.subscriptions)
 
     def install(self, app: Any) -> None:
-        _http.install(app, self.ctx)
+        _http.install(app, self.ctx, websocket=self._hub)
+
+    def start_notifications(self, settings: DeliverySettings | None = None) -> None:
+        """Starts this process's subscription dispatcher; of all processes on one database, one
+        dispatches at a time and another takes over when it dies (notifications.py)."""
+        if self.subscriptions is None or self._dispatcher is not None:
+            return
+        self._dispatcher = Dispatcher(self.ctx, self.subscriptions, settings)
+        self._dispatcher.start()
+
+    def stop_notifications(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
+            self._dispatcher = None
 
     def handle(self, request: FhirRequest) -> FhirResponse:
         """In-process access to the FHIR API (the narrow port for co-located components)."""
@@ -86,4 +108,5 @@ class RecordCore:
         self.ctx.store.ping()
 
     def close(self) -> None:
+        self.stop_notifications()
         self.ctx.store.close()

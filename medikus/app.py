@@ -34,7 +34,10 @@ def create_app(config: Config | None = None, record: RecordCore | None = None) -
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Every worker runs a dispatcher; one per database delivers, the others stand by.
+        core.start_notifications()
         yield
+        await run_in_threadpool(core.stop_notifications)
         core.close()
 
     app = FastAPI(title="Medi-KUS", version=__version__, lifespan=lifespan)

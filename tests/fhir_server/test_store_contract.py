@@ -8,8 +8,8 @@ import pytest
 
 from fhir_server._sqlstore import SqlStore
 from fhir_server.criteria import Criterion, Match, Token
-from fhir_server.search.sql import count_statement, match_ids
 from fhir_server.search.rows import IndexRows, TokenRow
+from fhir_server.search.sql import count_statement, match_ids
 from fhir_server.store import HistoryQuery, NewVersion, Store, VersionConflict
 
 
@@ -82,9 +82,7 @@ def test_delete_is_a_version_and_hides_from_existing_and_match(store: Store) -> 
     with store.unit_of_work() as uow:
         uow.put(version("a", 1, code="1"))
         uow.put(version("b", 1, code="1"))
-    criteria: list[Criterion] = [
-        Match("identifier", "token", None, (Token("urn:x", "1", True),))
-    ]
+    criteria: list[Criterion] = [Match("identifier", "token", None, (Token("urn:x", "1", True),))]
     with store.unit_of_work() as uow:
         assert sorted(match_ids(uow, "Patient", criteria, 10)) == ["a", "b"]
         uow.put(version("a", 2, prior=1, content=None, method="DELETE"))

@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fhir_server.core import RecordCore
-from fhir_server.search.sql import Statement
 from fhir_server.request import FhirRequest
+from fhir_server.search.sql import Statement
 
 FHIR = {"Content-Type": "application/fhir+json"}
 FHIR_LOWER = {"content-type": "application/fhir+json"}

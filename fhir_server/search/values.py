@@ -183,7 +183,8 @@ def normalize_string(value: str) -> str:
 
 
 def _fold(value: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", value.casefold())
+    # Casefold again after NFKD: compatibility capitals ("ℬ") decompose to capitals ("B").
+    decomposed = unicodedata.normalize("NFKD", value.casefold()).casefold()
     # Combining marks are never ASCII: only the non-ASCII runs need a look.
     return _NON_ASCII.sub(_drop_marks, decomposed)
 

@@ -513,30 +513,34 @@ def everything_statement(
     limit: int,
 ) -> Statement:
     """Members of a patient's compartment (and the patient), ordered by (type, id) for keyset
-    paging. The (type, parameter) pairs are a VALUES list joined to ``ix_reference_lookup``:
-    one index probe per pair, and cheap to plan (a UNION of ~100 branches took 10 ms to plan)."""
+    paging. The (type, parameter) pairs are a VALUES list joined to ``ix_reference_lookup``: one
+    index probe per pair, cheap to plan (a UNION of ~100 branches took 10 ms to plan), and the
+    members drive the join to ``resource`` (a scan of ``resource`` in key order filtered by
+    membership read 80,000 rows for one page at 250,000 resources)."""
     c = Compiler()
     patient = c.bind(patient_id)
     pairs = [f"({c.bind(t)}, {c.bind(p)})" for t, params in compartment for p in params]
     where = [f"r.deleted = {c.bind(False)}"]
-    member = f"(r.res_type = 'Patient' AND r.res_id = {patient})"
-    if pairs:
-        member = (
-            f"({member} OR (r.res_type, r.res_id) IN (SELECT i.res_type, i.res_id "
-            f"FROM links v JOIN ix_reference i ON i.res_type = v.t AND i.param = v.p "
-            f"AND i.target_id = {patient} AND i.target_type = 'Patient'))"
-        )
-    where.append(member)
     if since is not None:
         where.append(f"r.last_updated >= {c.bind(since)}")
     if after is not None:
         t, i = c.bind(after[0]), c.bind(after[1])
         where.append(f"(r.res_type > {t} OR (r.res_type = {t} AND r.res_id > {i}))")
-    prefix = f"WITH links(t, p) AS (VALUES {', '.join(pairs)}) " if pairs else ""
-    return c.statement(
-        f"{prefix}SELECT r.res_type, r.res_id FROM resource r WHERE {' AND '.join(where)} "
-        f"ORDER BY r.res_type, r.res_id LIMIT {int(limit)}"
-    )
+    conditions = " AND ".join(where)
+    parts = [
+        f"SELECT r.res_type, r.res_id FROM resource r WHERE r.res_type = 'Patient' "
+        f"AND r.res_id = {patient} AND {conditions}"
+    ]
+    prefix = ""
+    if pairs:
+        prefix = f"WITH links(t, p) AS (VALUES {', '.join(pairs)}) "
+        parts.append(
+            f"SELECT r.res_type, r.res_id FROM links v JOIN ix_reference i "
+            f"ON i.res_type = v.t AND i.param = v.p AND i.target_id = {patient} "
+            f"AND i.target_type = 'Patient' JOIN resource r "
+            f"ON r.res_type = i.res_type AND r.res_id = i.res_id WHERE {conditions}"
+        )
+    return c.statement(f"{prefix}{' UNION '.join(parts)} ORDER BY 1, 2 LIMIT {int(limit)}")
 
 
 def lastn_statement(criteria: Sequence[Criterion], max_per_code: int) -> Statement:

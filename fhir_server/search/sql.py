@@ -146,7 +146,7 @@ class Compiler:
         if isinstance(criterion, Has):
             a = self.alias()
             return (
-                f"SELECT {a}.target_id FROM ix_reference {a} "
+                f"SELECT {a}.target_id AS res_id FROM ix_reference {a} "
                 f"WHERE {a}.res_type = {self.bind(criterion.source)} "
                 f"AND {a}.param = {self.bind(criterion.param)} "
                 f"AND {a}.target_type = {self.bind(type)} "
@@ -156,11 +156,13 @@ class Compiler:
             a = self.alias()
             lists = ", ".join(self.bind(i) for i in criterion.list_ids)
             return (
-                f"SELECT {a}.target_id FROM ix_reference {a} WHERE {a}.res_type = 'List' "
+                f"SELECT {a}.target_id AS res_id FROM ix_reference {a} WHERE {a}.res_type = 'List' "
                 f"AND {a}.param = 'item' AND {a}.res_id IN ({lists}) "
                 f"AND {a}.target_type = {self.bind(type)}"
             )
-        # Negations, id lists and alternatives: through the resource table.
+        if isinstance(criterion, AnyOf) and _positive(criterion):
+            return " UNION ".join(self.ids(type, x) for x in criterion.criteria)
+        # Negations, id lists and other alternatives: through the resource table.
         x = self.alias()
         return (
             f"SELECT {x}.res_id FROM resource {x} WHERE {x}.res_type = {self.bind(type)} "
@@ -351,7 +353,7 @@ class Compiler:
         aggregate = "MAX" if key.descending else "MIN"
         return (
             f"(SELECT {aggregate}({a}.{column}) FROM {_TABLES[key.kind]} {a} "
-            f"WHERE {a}.res_type = {r}.res_type AND {a}.res_id = {r}.res_id "
+            f"WHERE {a}.res_type = {self.bind(type)} AND {a}.res_id = {r}.res_id "
             f"AND {a}.param = {self.bind(key.param)})"
         )
 
@@ -368,6 +370,13 @@ def _all(parts: Any) -> str:
     if not items:
         return "1 = 1"
     return items[0] if len(items) == 1 else "(" + " AND ".join(items) + ")"
+
+
+def _literal(name: str) -> str:
+    """A resource type or parameter name as an SQL literal (definitions only, never input)."""
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"not a definition name: {name!r}")
+    return f"'{name}'"
 
 
 def _like(value: str) -> str:
@@ -389,20 +398,45 @@ def match_ids(db: Selecting, type: str, criteria: Sequence[Criterion], limit: in
 
 def match_statement(type: str, criteria: Sequence[Criterion], limit: int) -> Statement:
     c = Compiler()
-    where = _base_where(c, type, criteria)
-    return c.statement(f"SELECT r.res_id FROM resource r WHERE {where} LIMIT {int(limit)}")
+    source, where = _source(c, type, criteria, needs_resource=False)
+    return c.statement(f"SELECT r.res_id FROM {source} WHERE {where} LIMIT {int(limit)}")
 
 
 def count_statement(type: str, criteria: Sequence[Criterion]) -> Statement:
     c = Compiler()
-    where = _base_where(c, type, criteria)
-    return c.statement(f"SELECT COUNT(*) FROM resource r WHERE {where}")
+    source, where = _source(c, type, criteria, needs_resource=False)
+    return c.statement(f"SELECT COUNT(*) FROM {source} WHERE {where}")
 
 
-def _base_where(c: Compiler, type: str, criteria: Sequence[Criterion]) -> str:
-    parts = [f"r.res_type = {c.bind(type)}", f"r.deleted = {c.bind(False)}"]
-    parts.extend(c.conditions(type, criteria, "r"))
-    return " AND ".join(parts)
+def _source(
+    c: Compiler, type: str, criteria: Sequence[Criterion], *, needs_resource: bool
+) -> tuple[str, str]:
+    """FROM and WHERE for the ids matching ``criteria``, aliased ``r``.
+
+    Index rows exist only for current, non-deleted versions, so a search with a positive index
+    criterion is driven from that criterion's index lookup (distinct ids) and never touches the
+    ``resource`` table: filtering all resources of a type by ``res_id IN (…)`` made SQLite (and
+    PostgreSQL for counts) read every Observation. ``_lastUpdated`` lives on ``resource``."""
+    driver = None
+    if not needs_resource and not any(isinstance(x, LastUpdated) for x in criteria):
+        driver = next((x for x in criteria if _positive(x)), None)
+    if driver is None:
+        parts = [f"r.res_type = {c.bind(type)}", f"r.deleted = {c.bind(False)}"]
+        parts.extend(c.conditions(type, criteria, "r"))
+        return "resource r", " AND ".join(parts)
+    rest = [x for x in criteria if x is not driver]
+    source = f"(SELECT DISTINCT d.res_id FROM ({c.ids(type, driver)}) d) r"
+    return source, " AND ".join(c.conditions(type, rest, "r")) or "1 = 1"
+
+
+def _positive(criterion: Criterion) -> bool:
+    """Answered from the resource's own index rows alone: no negation, no resource columns, and
+    not _has/_list, whose ids come from other resources' references (possibly deleted ones)."""
+    if isinstance(criterion, Match):
+        return criterion.modifier != "not"
+    if isinstance(criterion, AnyOf):
+        return bool(criterion.criteria) and all(_positive(x) for x in criterion.criteria)
+    return isinstance(criterion, Chain)
 
 
 def page_statement(
@@ -416,10 +450,11 @@ def page_statement(
     """One page in keyset order: rows of (res_id, sort values…), ``after`` the given key values
     (sort values then id) — or before them when paging ``backwards``. NULLs sort last."""
     c = Compiler()
-    where = _base_where(c, type, criteria)
+    by_update = any(k.param == "_lastUpdated" for k in sort)
+    source, where = _source(c, type, criteria, needs_resource=by_update)
     keys = [c.sort_expression(type, k, "r") for k in sort]
     columns = ", ".join(["r.res_id AS res_id", *(f"{e} AS k{i}" for i, e in enumerate(keys))])
-    inner = f"SELECT {columns} FROM resource r WHERE {where}"
+    inner = f"SELECT {columns} FROM {source} WHERE {where}"
     directions = [k.descending != backwards for k in sort]
     names = [f"q.k{i}" for i in range(len(sort))]
     order = [
@@ -519,7 +554,9 @@ def everything_statement(
     membership read 80,000 rows for one page at 250,000 resources)."""
     c = Compiler()
     patient = c.bind(patient_id)
-    pairs = [f"({c.bind(t)}, {c.bind(p)})" for t, params in compartment for p in params]
+    # The pairs come from the CompartmentDefinition, not from the request: inlined as literals
+    # (200 bound parameters cost more than the query).
+    pairs = [f"({_literal(t)}, {_literal(p)})" for t, params in compartment for p in params]
     where = [f"r.deleted = {c.bind(False)}"]
     if since is not None:
         where.append(f"r.last_updated >= {c.bind(since)}")

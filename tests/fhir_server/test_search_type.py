@@ -561,3 +561,23 @@ def test_paging_while_another_client_inserts(server: ServerProcess) -> None:
             thread.join()
     assert len(seen) == len(set(seen)), "a page repeated a resource"
     assert initial <= set(seen), "a page skipped a resource"
+
+
+def test_reverse_chains_never_count_deleted_targets(
+    client: TestClient, people: dict[str, str]
+) -> None:
+    bernd = people["bernd"]
+    create(
+        client,
+        {
+            "resourceType": "Condition",
+            "subject": {"reference": f"Patient/{bernd}"},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "73211009"}]},
+        },
+    )
+    has = {"_has:Condition:subject:code": "73211009"}
+    assert search(client, "Patient", **has)["total"] == 1
+    assert client.delete(f"/fhir/Patient/{bernd}").status_code in (200, 204)
+    gone = search(client, "Patient", **has, _count=0)
+    assert gone["total"] == 0
+    assert search(client, "Patient", **has)["total"] == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import operator
+import re
 import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -369,24 +370,46 @@ class SqlUnitOfWork:
     def existing(self, keys: Collection[tuple[str, str]]) -> set[tuple[str, str]]:
         self.flush()
         found: set[tuple[str, str]] = set()
-        pairs = list(keys)
-        key = sa.tuple_(resource.c.res_type, resource.c.res_id)
-        for start in range(0, len(pairs), 500):
+        for type, ids in _by_type(keys):
             query = sa.select(resource.c.res_type, resource.c.res_id).where(
-                key.in_(pairs[start : start + 500]), resource.c.deleted.is_(False)
+                resource.c.res_type == type,
+                resource.c.res_id.in_(ids),
+                resource.c.deleted.is_(False),
             )
             found.update((r.res_type, r.res_id) for r in self._conn.execute(query))
         return found
 
     def select(self, statement: Statement) -> list[tuple[Any, ...]]:
         self.flush()
-        return [tuple(r) for r in self._conn.execute(sa.text(statement.sql), statement.params)]
+        sql = _dialect_sql(statement.sql, self._dialect)
+        return [tuple(r) for r in self._conn.execute(sa.text(sql), statement.params)]
 
     def lock(self, key: str) -> None:
         if self._dialect == "postgresql":
             digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
             self._conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": digest})
         # SQLite: BEGIN IMMEDIATE already serialises all writers.
+
+
+_INDEX_HINT = re.compile(r" /\*\+(INDEXED BY \w+)\*/")
+
+
+def _dialect_sql(sql: str, dialect: str) -> str:
+    """Index hints of the search SQL (``/*+INDEXED BY ix_token_lookup*/``) become SQLite's
+    ``INDEXED BY``; PostgreSQL plans from its statistics and sees only a comment."""
+    return _INDEX_HINT.sub(r" \1", sql) if dialect == "sqlite" else sql
+
+
+def _by_type(keys: Collection[tuple[str, str]]) -> Iterator[tuple[str, list[str]]]:
+    """Keys grouped by type, in chunks: ``res_type = ? AND res_id IN (…)`` uses the primary key on
+    both databases, where SQLite answers a row-value ``(res_type, res_id) IN (…)`` with a full
+    scan (measured: a fetch of 50 resources read all 250,000 rows)."""
+    grouped: dict[str, list[str]] = {}
+    for type, id in keys:
+        grouped.setdefault(type, []).append(id)
+    for type, ids in grouped.items():
+        for start in range(0, len(ids), 500):
+            yield type, ids[start : start + 500]
 
 
 def _insert_sql(table: str, columns: Sequence[str], placeholder: str) -> str:
@@ -523,20 +546,24 @@ class SqlStore:
             return [_version(r) for r in conn.execute(stmt)]
 
     def select(self, statement: Statement) -> list[tuple[Any, ...]]:
+        sql = _dialect_sql(statement.sql, self.dialect)
         with self._reading() as conn:
-            return [tuple(r) for r in conn.execute(sa.text(statement.sql), statement.params)]
+            return [tuple(r) for r in conn.execute(sa.text(sql), statement.params)]
 
     def fetch(self, keys: Sequence[tuple[str, str]]) -> list[StoredVersion]:
         """Current, non-deleted versions of ``keys``, in the order of ``keys`` (missing skipped)."""
         found: dict[tuple[str, str], StoredVersion] = {}
-        key = sa.tuple_(resource.c.res_type, resource.c.res_id)
         pairs = list(dict.fromkeys(keys))
         with self._reading() as conn:
-            for start in range(0, len(pairs), 500):
+            for type, ids in _by_type(pairs):
                 query = (
                     sa.select(*_CURRENT_COLUMNS)
                     .select_from(_JOIN_CURRENT)
-                    .where(key.in_(pairs[start : start + 500]), resource.c.deleted.is_(False))
+                    .where(
+                        resource.c.res_type == type,
+                        resource.c.res_id.in_(ids),
+                        resource.c.deleted.is_(False),
+                    )
                 )
                 for row in conn.execute(query):
                     found[(row.res_type, row.res_id)] = _version(row)

@@ -128,7 +128,8 @@ class Compiler:
             table = _TABLES[criterion.kind]
             values = _any(self.value(a, criterion, v) for v in criterion.values)
             return (
-                f"SELECT {a}.res_id FROM {table} {a} WHERE {a}.res_type = {self.bind(type)} "
+                f"SELECT {a}.res_id FROM {table} {a}{_lookup(table)} "
+                f"WHERE {a}.res_type = {self.bind(type)} "
                 f"AND {a}.param = {self.bind(criterion.param)} AND {values}"
             )
         if isinstance(criterion, Chain):
@@ -140,7 +141,8 @@ class Compiler:
                     f"AND {a}.target_id IN ({self.ids(target, inner)}))"
                 )
             return (
-                f"SELECT {a}.res_id FROM ix_reference {a} WHERE {a}.res_type = {self.bind(type)} "
+                f"SELECT {a}.res_id FROM ix_reference {a}{_lookup('ix_reference')} "
+                f"WHERE {a}.res_type = {self.bind(type)} "
                 f"AND {a}.param = {self.bind(criterion.param)} AND {_any(branches)}"
             )
         if isinstance(criterion, Has):
@@ -172,7 +174,8 @@ class Compiler:
     def _composite(self, type: str, criterion: Match) -> str:
         aliases = [self.alias() for _ in criterion.components]
         first = aliases[0]
-        joins = [f"{_TABLES[criterion.components[0]]} {first}"]
+        table = _TABLES[criterion.components[0]]
+        joins = [f"{table} {first}{_lookup(table)}"]
         for k, (kind, a) in enumerate(zip(criterion.components, aliases, strict=True)):
             if k == 0:
                 continue
@@ -370,6 +373,14 @@ def _all(parts: Any) -> str:
     if not items:
         return "1 = 1"
     return items[0] if len(items) == 1 else "(" + " AND ".join(items) + ")"
+
+
+def _lookup(table: str) -> str:
+    """A hint that the storage layer turns into SQLite's ``INDEXED BY`` (PostgreSQL ignores the
+    comment). Without statistics SQLite prefers the (res_type, res_id, param) index under a
+    DISTINCT — it yields ids in order — and reads every row of the type: 150 ms at 250,000
+    resources instead of an index range."""
+    return "" if table == "ix_text" else f" /*+INDEXED BY {table}_lookup*/"
 
 
 def _literal(name: str) -> str:
@@ -582,25 +593,20 @@ def everything_statement(
 
 def lastn_statement(criteria: Sequence[Criterion], max_per_code: int) -> Statement:
     """The newest ``max_per_code`` Observations per code among those matching ``criteria``
-    (https://hl7.org/fhir/R4/observation-operation-lastn.html), newest first within a code.
-    Index rows exist only for current versions, so the criteria filter the code rows directly."""
+    (https://hl7.org/fhir/R4/observation-operation-lastn.html), newest first within a code."""
     c = Compiler()
-    # last_updated lives on the resource table, not on the code rows.
-    conditions = [
-        f"t.res_id IN ({c.ids('Observation', criterion)})"
-        if isinstance(criterion, LastUpdated)
-        else c.condition("Observation", criterion, "t")
-        for criterion in criteria
-    ]
+    source, where = _source(c, "Observation", criteria, needs_resource=False)
     newest = (
-        "(SELECT MAX(d.high) FROM ix_date d WHERE d.res_type = t.res_type "
+        "(SELECT MAX(d.high) FROM ix_date d WHERE d.res_type = 'Observation' "
         "AND d.res_id = t.res_id AND d.param = 'date')"
     )
+    # The matching observations drive; their code rows are looked up by id.
     ranked = (
         f"SELECT t.res_id, t.system, t.code, {newest} AS effective, ROW_NUMBER() OVER "
         f"(PARTITION BY t.system, t.code ORDER BY {newest} DESC NULLS LAST, t.res_id) AS n "
-        f"FROM ix_token t WHERE t.res_type = 'Observation' AND t.param = 'code' "
-        f"AND t.code IS NOT NULL AND {' AND '.join(conditions)}"
+        f"FROM {source} JOIN ix_token t /*+INDEXED BY ix_token_resource*/ "
+        f"ON t.res_type = 'Observation' AND t.res_id = r.res_id AND t.param = 'code' "
+        f"WHERE {where} AND t.code IS NOT NULL"
     )
     return c.statement(
         f"SELECT q.res_id FROM ({ranked}) q WHERE q.n <= {int(max_per_code)} "
@@ -609,10 +615,15 @@ def lastn_statement(criteria: Sequence[Criterion], max_per_code: int) -> Stateme
 
 
 def references_statement(keys: Sequence[tuple[str, str]]) -> Statement:
-    """Every resource the ``keys`` refer to (``_include=*`` across types)."""
+    """Every resource the ``keys`` refer to (``_include=*`` across types); one index range per
+    type (SQLite scans the table for a row-value ``(res_type, res_id) IN``)."""
     c = Compiler()
-    pairs = ", ".join(f"({c.bind(t)}, {c.bind(i)})" for t, i in keys)
-    return c.statement(
-        f"SELECT DISTINCT i.target_type, i.target_id FROM ix_reference i "
-        f"WHERE (i.res_type, i.res_id) IN (VALUES {pairs}) AND i.target_id IS NOT NULL"
-    )
+    by_type: dict[str, list[str]] = {}
+    for t, i in keys:
+        by_type.setdefault(t, []).append(i)
+    parts = [
+        f"SELECT i.target_type, i.target_id FROM ix_reference i WHERE i.res_type = {c.bind(t)} "
+        f"AND i.res_id IN ({', '.join(c.bind(x) for x in ids)}) AND i.target_id IS NOT NULL"
+        for t, ids in by_type.items()
+    ]
+    return c.statement(" UNION ".join(parts))

@@ -89,11 +89,30 @@ class Compiler:
 
     # -- criteria ---------------------------------------------------------------------------
 
-    def conditions(self, type: str, criteria: Sequence[Criterion], r: str) -> list[str]:
-        """Boolean SQL over ``r.res_id`` (a resource of ``type``) for all criteria."""
-        return [self.condition(type, c, r) for c in criteria]
+    def conditions(
+        self, type: str, criteria: Sequence[Criterion], r: str, *, probe: bool = False
+    ) -> list[str]:
+        """Boolean SQL over ``r.res_id`` (a resource of ``type``) for all criteria. ``probe``:
+        few candidate rows (another criterion drives), so each is checked by an index probe
+        (EXISTS on the resource index) instead of materialising every match of the criterion."""
+        return [self.condition(type, c, r, probe=probe) for c in criteria]
 
-    def condition(self, type: str, criterion: Criterion, r: str) -> str:
+    def probe(self, type: str, criterion: Match, r: str) -> str:
+        a = self.alias()
+        table = _TABLES[criterion.kind]
+        values = _any(self.value(a, criterion, v) for v in criterion.values)
+        return (
+            f"EXISTS (SELECT 1 FROM {table} {a} /*+INDEXED BY {table}_resource*/ "
+            f"WHERE {a}.res_type = {self.bind(type)} AND {a}.res_id = {r}.res_id "
+            f"AND {a}.param = {self.bind(criterion.param)} AND {values})"
+        )
+
+    def condition(self, type: str, criterion: Criterion, r: str, *, probe: bool = False) -> str:
+        if probe and isinstance(criterion, Match) and criterion.kind != "composite":
+            if criterion.modifier == "not":
+                positive = Match(criterion.param, criterion.kind, None, criterion.values)
+                return f"NOT {self.probe(type, positive, r)}"
+            return self.probe(type, criterion, r)
         if isinstance(criterion, Ids):
             if not criterion.ids:
                 return "1 = 0"
@@ -102,9 +121,9 @@ class Compiler:
             column = f"{r}.last_updated"
             return _any(self.bound(column, column, column, v, "date") for v in criterion.values)
         if isinstance(criterion, AnyOf):
-            return _any(self.condition(type, c, r) for c in criterion.criteria)
+            return _any(self.condition(type, c, r, probe=probe) for c in criterion.criteria)
         if isinstance(criterion, Not):
-            return f"NOT ({self.condition(type, criterion.criterion, r)})"
+            return f"NOT ({self.condition(type, criterion.criterion, r, probe=probe)})"
         if isinstance(criterion, Missing):
             table = _TABLES["token" if criterion.kind == "composite" else criterion.kind]
             a = self.alias()
@@ -430,14 +449,23 @@ def _source(
     PostgreSQL for counts) read every Observation. ``_lastUpdated`` lives on ``resource``."""
     driver = None
     if not needs_resource and not any(isinstance(x, LastUpdated) for x in criteria):
-        driver = next((x for x in criteria if _positive(x)), None)
+        candidates = [x for x in criteria if _positive(x)]
+        driver = min(candidates, key=_selectivity_rank) if candidates else None
     if driver is None:
         parts = [f"r.res_type = {c.bind(type)}", f"r.deleted = {c.bind(False)}"]
         parts.extend(c.conditions(type, criteria, "r"))
         return "resource r", " AND ".join(parts)
     rest = [x for x in criteria if x is not driver]
     source = f"(SELECT DISTINCT d.res_id FROM ({c.ids(type, driver)}) d) r"
-    return source, " AND ".join(c.conditions(type, rest, "r")) or "1 = 1"
+    return source, " AND ".join(c.conditions(type, rest, "r", probe=True)) or "1 = 1"
+
+
+def _selectivity_rank(criterion: Criterion) -> int:
+    """Which criterion drives: a guess without statistics (PostgreSQL re-plans anyway; SQLite
+    follows the SQL): a reference to one resource (a patient's data) first, dates last."""
+    if isinstance(criterion, Match):
+        return {"reference": 0, "token": 1, "string": 3, "uri": 2}.get(criterion.kind, 4)
+    return 2
 
 
 def _positive(criterion: Criterion) -> bool:

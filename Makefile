@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint typecheck imports pytest bench clean
+.PHONY: setup demo test lint typecheck imports security pytest bench clean
 
 setup: $(STAMP)
 
@@ -27,10 +27,19 @@ typecheck: setup
 imports: setup
 	$(BIN)/lint-imports
 
+# Static security analysis (BSI TR-03161 O.Source_9); settings and reviewed exceptions in
+# pyproject.toml [tool.bandit] and `# nosec <id> # reason` at the line. Bandit warns
+# "nosec encountered ... but no failed test" for every sub-expression of a justified line
+# (PyCQA/bandit#942, #1041): that false warning alone is dropped, the exit status is bandit's.
+SECURITY_SCAN := fhir_server compliance medikus devices video care_network
+security: setup
+	@log=$$(mktemp); $(BIN)/bandit -q -c pyproject.toml -r $(SECURITY_SCAN) 2>"$$log"; \
+	status=$$?; grep -v 'nosec encountered' "$$log" >&2; rm -f "$$log"; exit $$status
+
 pytest: setup
 	$(BIN)/python -m pytest
 
-test: lint typecheck imports pytest
+test: lint typecheck imports security pytest
 
 # make bench [BENCH_ARGS="big --scale 10 --db postgresql"]; see python -m bench {,big,search} --help
 bench: setup

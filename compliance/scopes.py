@@ -160,7 +160,7 @@ def parse_scopes(text: str, *, ignore_unknown: bool = False) -> Scopes:
     resource: list[ResourceScope] = []
     other: set[str] = set()
     for token in text.split(" "):
-        if token == "":
+        if token == "":  # nosec B105 # a scope token, not a password
             continue
         if token in NON_RESOURCE_SCOPES:
             other.add(token)

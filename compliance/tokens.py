@@ -62,7 +62,7 @@ Clock = Callable[[], int]
 
 ACCESS_TOKEN_ALGORITHMS: tuple[str, ...] = ("ES256", "Ed25519")
 CLIENT_ASSERTION_ALGORITHMS: tuple[str, ...] = ("RS384", "ES384")
-ACCESS_TOKEN_TYPE = "at+jwt"
+ACCESS_TOKEN_TYPE = "at+jwt"  # nosec B105 # the JWT typ of access tokens (RFC 9068), not a secret
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_ACCESS_TOKEN_LIFETIME_S = 300
 MAX_ASSERTION_LIFETIME_S = 300
@@ -135,7 +135,7 @@ class SigningKey:
             key = OKPKey.generate_key("Ed25519", params, private=True, auto_kid=True)
         else:
             raise ValueError(f"signing algorithm must be one of {ACCESS_TOKEN_ALGORITHMS}")
-        assert key.kid is not None  # auto_kid: the RFC 7638 thumbprint
+        assert key.kid is not None  # nosec B101 # invariant: auto_kid sets the RFC 7638 thumbprint
         return cls(key.kid, alg, key)
 
     @classmethod
@@ -148,7 +148,7 @@ class SigningKey:
         if not isinstance(key, ECKey | OKPKey) or not key.is_private:
             raise ValueError("a signing key must be a private EC or OKP key")
         key.ensure_kid()
-        assert key.kid is not None
+        assert key.kid is not None  # nosec B101 # invariant: ensure_kid() has just set it
         return cls(key.kid, alg, key)
 
     def private_jwk(self) -> dict[str, Any]:

@@ -185,11 +185,16 @@ def normalize_url(url: str) -> str:
 def create_engine(url: str, *, pool_size: int = 10) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size)
+        # hide_parameters: bound values (names, KVNRs searched for) never reach logged errors.
+        engine = sa.create_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, hide_parameters=True
+        )
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return sa.create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, hide_parameters=True
+    )
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -413,7 +418,7 @@ def _by_type(keys: Collection[tuple[str, str]]) -> Iterator[tuple[str, list[str]
 
 
 def _insert_sql(table: str, columns: Sequence[str], placeholder: str) -> str:
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([placeholder] * len(columns))})"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([placeholder] * len(columns))})"  # nosec B608 # table and columns from _BULK_COLUMNS, values bound
 
 
 # Staging key -> (table, columns) of the rows buffered for bulk insertion.
@@ -554,16 +559,19 @@ class SqlStore:
         """Current, non-deleted versions of ``keys``, in the order of ``keys`` (missing skipped)."""
         found: dict[tuple[str, str], StoredVersion] = {}
         pairs = list(dict.fromkeys(keys))
+        # One statement per chunk: an OR of per-type primary-key lookups (a round trip per type
+        # cost more than the lookups for a page of $everything).
+        groups = list(_by_type(pairs))
         with self._reading() as conn:
-            for type, ids in _by_type(pairs):
+            for start in range(0, len(groups), 20):
+                alternatives = [
+                    sa.and_(resource.c.res_type == type, resource.c.res_id.in_(ids))
+                    for type, ids in groups[start : start + 20]
+                ]
                 query = (
                     sa.select(*_CURRENT_COLUMNS)
                     .select_from(_JOIN_CURRENT)
-                    .where(
-                        resource.c.res_type == type,
-                        resource.c.res_id.in_(ids),
-                        resource.c.deleted.is_(False),
-                    )
+                    .where(sa.or_(*alternatives), resource.c.deleted.is_(False))
                 )
                 for row in conn.execute(query):
                     found[(row.res_type, row.res_id)] = _version(row)

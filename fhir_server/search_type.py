@@ -126,22 +126,27 @@ def run_search(
         return FhirResponse(200, bundle("searchset", links, [], total=counted))
     count = result.count
     after, backwards = _read_cursor(result.cursor, result.sort)
+    counting = result.total != "none" and after is None and count > 0
     rows = (
-        store.select(page_statement(rtype, criteria, result.sort, after, backwards, count + 1))
+        store.select(
+            page_statement(
+                rtype, criteria, result.sort, after, backwards, count + 1, with_total=counting
+            )
+        )
         if count
         else []
     )
+    total: int | None = None
+    if counting:
+        total = int(rows[0][-1]) if rows else 0
+        rows = [row[:-1] for row in rows]
+    elif result.total != "none":
+        total = int(store.select(count_statement(rtype, criteria))[0][0])
     more = len(rows) > count
     rows = rows[:count]
     if backwards:
         rows.reverse()
     matches = store.fetch([(rtype, row[0]) for row in rows])
-    total: int | None = None
-    if result.total != "none":
-        if after is None and not more and count > 0:
-            total = len(rows)
-        else:
-            total = int(store.select(count_statement(rtype, criteria))[0][0])
     page_links = _page_links(request.base, path, self_query, result, rows, after, backwards, more)
     links.extend(page_links)
     included = _includes(ctx, matches, result.includes)

@@ -13,24 +13,7 @@ from compliance.throttle import (
     MemoryFailureStore,
     address_key,
 )
-
-START = 1_767_225_600_000_000
-
-
-class ManualClock:
-    def __init__(self, now: int = START) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += int(seconds * 1_000_000)
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+from tests.compliance.clock import ManualClock
 
 
 @pytest.fixture

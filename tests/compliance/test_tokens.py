@@ -33,23 +33,12 @@ from compliance.tokens import (
     SigningKeys,
     TokenError,
 )
+from tests.compliance.clock import START, ManualClock
 
-START = 1_767_225_600_000_000
 NOW_S = START // 1_000_000
 ISSUER = "https://kusel.medikus.example/auth"
 AUDIENCE = "https://kusel.medikus.example/fhir"
 TOKEN_URL = "https://kusel.medikus.example/auth/token"
-
-
-class ManualClock:
-    def __init__(self, now: int = START) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += int(seconds * 1_000_000)
 
 
 def b64(data: bytes) -> str:
@@ -79,11 +68,6 @@ def es_key() -> SigningKey:
 @pytest.fixture(scope="module")
 def ed_key() -> SigningKey:
     return SigningKey.generate("Ed25519")
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
 
 
 @pytest.fixture

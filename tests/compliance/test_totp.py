@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from compliance import totp
 from compliance.totp import MemoryUsedSteps, TotpResult, TotpVerifier
+from tests.compliance.clock import START, ManualClock
 
 # RFC 6238 Appendix B, SHA-1 secret "12345678901234567890", 8-digit values; the last six digits
 # are the 6-digit code.
@@ -23,23 +24,6 @@ RFC_VECTORS = [
     (1234567890, "89005924"),
     (2000000000, "69279037"),
 ]
-START = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in microseconds (a step boundary)
-
-
-class ManualClock:
-    def __init__(self, now: int = START) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += int(seconds * 1_000_000)
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
 
 
 @pytest.fixture

@@ -78,7 +78,7 @@ def _index_tables() -> dict[str, tuple[list[sa.Column[object]], list[str]]]:
 
 
 _STATISTICS = {
-    "ix_token": "res_type, param, code",
+    "ix_token": "res_type, param, code",  # nosec B105 # an index's columns, not a password
     "ix_reference": "res_type, param, target_type",
     "ix_string": "res_type, param",
     "ix_date": "res_type, param",

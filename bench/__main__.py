@@ -12,20 +12,16 @@ schema and temporary file is removed at the end, also on failure, Ctrl-C or SIGT
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import signal
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from bench import big, floor, ingest, suite
 from bench.databases import KINDS
-from bench.report import DatabaseResult, noise_note, table, write_json
+from bench.report import DatabaseResult, noise_note, run_meta, table, write_json
 from bench.server import load_average
 from medikus.loader import synthea_bundles
 
@@ -79,26 +75,6 @@ def _say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _meta(
-    args: argparse.Namespace, started: datetime, load: float, bundles: int, resources: int
-) -> dict[str, Any]:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return {
-        "started": started.isoformat(),
-        "finished": datetime.now(UTC).isoformat(),
-        "commit": commit,
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "load_average_at_start": load,
-        "load_average_at_end": load_average(),
-        "args": vars(args),
-        "bundles": bundles,
-        "resources": resources,
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, _sigterm)
@@ -124,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         print(note)
     if not args.no_json:
         path = RESULTS / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-        write_json(path, _meta(args, started, load, len(payloads), resources), results)
+        write_json(
+            path, run_meta(args, started, load, bundles=len(payloads), resources=resources), results
+        )
         _say(f"figures written to {path}")
     return 1 if any(_failed(r) for r in results) else 0
 

@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
 import random
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from bench import explain, pgstats, replicate, search, suite
 from bench.databases import KINDS, Database, fresh
@@ -34,6 +30,7 @@ from bench.report import (
     big_table,
     noise_note,
     plans_text,
+    run_meta,
     write_big_json,
 )
 from bench.search import Catalogue, NoValues, Query, QueryResult
@@ -147,7 +144,14 @@ def main(
         print(plans)
     if not args.no_json:
         path = args.results / f"{command}-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-        meta = _meta(args, options, started, load, payloads)
+        meta = run_meta(
+            args,
+            started,
+            load,
+            options=asdict(options),
+            bundles=len(payloads),
+            resources=sum(p.resources for p in payloads),
+        )
         write_big_json(path, meta, results)
         say(f"figures written to {path}")
     return 1 if any(r.failed for r in results) else 0
@@ -257,28 +261,3 @@ def _explain(
         found = {q.name: f"(explain failed: {type(exc).__name__}: {exc})" for q, _ in runnable}
     for query, result in runnable:
         result.plan = found.get(query.name, "")
-
-
-def _meta(
-    args: argparse.Namespace,
-    options: Options,
-    started: datetime,
-    load: float,
-    payloads: Sequence[Payload],
-) -> dict[str, Any]:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return {
-        "started": started.isoformat(),
-        "finished": datetime.now(UTC).isoformat(),
-        "commit": commit,
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "load_average_at_start": load,
-        "load_average_at_end": load_average(),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "options": asdict(options),
-        "bundles": len(payloads),
-        "resources": sum(p.resources for p in payloads),
-    }

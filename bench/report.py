@@ -5,7 +5,12 @@ What is measured is FHIR ingest via transactions and reads (https://hl7.org/fhir
 
 from __future__ import annotations
 
+import argparse
+import os
+import platform
+import subprocess  # nosec B404 # git rev-parse for the record, fixed arguments
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +18,32 @@ import orjson
 
 from bench.reads import ReadFigures
 from bench.search import LevelFigures, QueryResult
+from bench.server import load_average
 
 TARGET = 1500.0  # resources/s on a 2-core machine (the issue's target)
 # The last tenth of a load may be this much slower than the first before it counts as decay.
 DECAY_TOLERANCE = 0.8
+
+
+def run_meta(
+    args: argparse.Namespace, started: datetime, load: float, **fields: Any
+) -> dict[str, Any]:
+    """What a results file records about its run: when, which commit, the machine and its load,
+    the arguments, plus ``fields``."""
+    commit = subprocess.run(  # nosec B603 B607 # fixed arguments
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "started": started.isoformat(),
+        "finished": datetime.now(UTC).isoformat(),
+        "commit": commit,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": load,
+        "load_average_at_end": load_average(),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        **fields,
+    }
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,6 +20,19 @@ def entry(base: str, stored: StoredVersion, **extra: Any) -> dict[str, Any]:
         out["resource"] = orjson.Fragment(stored.content)
     out.update(extra)
     return out
+
+
+def encode_cursor(payload: Any) -> str:
+    """An opaque page cursor (``_cursor``) carrying JSON: URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(orjson.dumps(payload)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> Any:
+    """The payload of :func:`encode_cursor`; raises ValueError for anything else."""
+    try:
+        return orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, orjson.JSONDecodeError) as exc:
+        raise ValueError("not a cursor") from exc
 
 
 def link(base: str, path: str, query: list[tuple[str, str]]) -> str:

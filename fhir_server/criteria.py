@@ -164,31 +164,25 @@ class Parsed:
 
 
 def split_values(raw: str) -> list[str]:
-    """Splits on unescaped commas; ``\\,`` stays a literal comma (search.html#escaping)."""
-    parts, current, escaped = [], [], False
-    for char in raw:
-        if escaped:
-            current.append(char if char in ",$|\\" else "\\" + char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ",":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts
+    """Splits on unescaped commas; ``\\,`` stays a literal comma (search.html#escaping). The
+    escapes of ``, $ | \\`` are resolved here, any other backslash stays as written."""
+    return _split(raw, ",", drop=",$|\\")
 
 
 def _split_escaped(raw: str, sep: str, limit: int = -1) -> list[str]:
     """Splits on unescaped ``sep`` (``|`` of tokens, ``$`` of composites), dropping the escapes."""
+    return _split(raw, sep, limit=limit)
+
+
+def _split(raw: str, sep: str, *, limit: int = -1, drop: str | None = None) -> list[str]:
+    """Splits on unescaped ``sep`` (at most ``limit`` times). An escaped character loses its
+    backslash if it is in ``drop`` (None: always)."""
     parts: list[str] = []
     current: list[str] = []
     escaped = False
     for char in raw:
         if escaped:
-            current.append(char)
+            current.append(char if drop is None or char in drop else "\\" + char)
             escaped = False
         elif char == "\\":
             escaped = True
@@ -212,7 +206,7 @@ def _unsupported(message: str, key: str) -> FhirError:
 class CriteriaParser:
     """Parses query parameters of one resource type into criteria."""
 
-    def __init__(self, registry: SearchParamRegistry, base_url: str | None = None) -> None:
+    def __init__(self, registry: SearchParamRegistry) -> None:
         self._registry = registry
         self._types = registry.resource_types
 

@@ -7,13 +7,8 @@ resources changed since then, ``_type`` limits the types, ``_count`` sizes the p
 
 from __future__ import annotations
 
-import base64
-import binascii
-
-import orjson
-
 from fhir_server._time import parse_period
-from fhir_server.bundles import bundle, entry, link
+from fhir_server.bundles import bundle, decode_cursor, encode_cursor, entry, link
 from fhir_server.compartments import patient_compartment
 from fhir_server.context import Context
 from fhir_server.errors import Category, FhirError
@@ -39,6 +34,7 @@ def everything(
     if patient is None or patient.deleted:
         raise FhirError(Category.NOT_FOUND, f"Patient/{id} is not known.")
     compartment = dict(patient_compartment())
+    include_patient = True
     if "_type" in query:
         wanted = {t.strip() for t in query["_type"].split(",") if t.strip()}
         unknown = wanted - ctx.registry.resource_types
@@ -47,6 +43,7 @@ def everything(
                 Category.INVALID, f"Unknown resource types in _type: {', '.join(sorted(unknown))}."
             )
         compartment = {t: p for t, p in compartment.items() if t in wanted}
+        include_patient = "Patient" in wanted
     since = None
     if "_since" in query:
         period = parse_period(query["_since"])
@@ -60,12 +57,10 @@ def everything(
         ctx.settings.max_count,
     )
     after = _read_cursor(query.get("_cursor"))
-    statement = everything_statement(id, sorted(compartment.items()), since, after, count + 1)
+    statement = everything_statement(
+        id, sorted(compartment.items()), since, after, count + 1, include_patient=include_patient
+    )
     keys = [(t, i) for t, i in ctx.store.select(statement)]
-    if "_type" in query and "Patient" not in compartment:
-        keys = (
-            [k for k in keys if k != ("Patient", id)] if "Patient" not in query["_type"] else keys
-        )
     more = len(keys) > count
     keys = keys[:count]
     members = ctx.store.fetch(keys)
@@ -74,7 +69,7 @@ def everything(
     path = f"Patient/{id}/$everything"
     links = [("self", link(request.base, path, request.query))]
     if more and keys:
-        cursor = base64.urlsafe_b64encode(orjson.dumps(list(keys[-1]))).decode()
+        cursor = encode_cursor(list(keys[-1]))
         links.append(("next", link(request.base, path, [*plain, ("_cursor", cursor)])))
     entries = [entry(request.base, v, search={"mode": "match"}) for v in members]
     entries += [entry(request.base, v, search={"mode": "include"}) for v in referenced]
@@ -100,9 +95,9 @@ def _read_cursor(raw: str | None) -> tuple[str, str] | None:
     if raw is None:
         return None
     try:
-        value = orjson.loads(base64.urlsafe_b64decode(raw))
-        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
-            return value[0], value[1]
-    except (binascii.Error, orjson.JSONDecodeError, ValueError):
-        pass
+        value = decode_cursor(raw)
+    except ValueError:
+        value = None
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        return value[0], value[1]
     raise FhirError(Category.INVALID, "The _cursor is not valid.", expression=("_cursor",))

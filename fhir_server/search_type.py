@@ -8,17 +8,13 @@ value changes in between may move, as the spec allows).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
-
-from fhir_server.bundles import bundle, entry, link
+from fhir_server.bundles import bundle, decode_cursor, encode_cursor, entry, link
 from fhir_server.compartments import in_compartment
 from fhir_server.context import Context
 from fhir_server.criteria import Criterion, Ids, split_values
@@ -307,16 +303,14 @@ def _signature(sort: Sequence[SortKey]) -> str:
 
 
 def _cursor(direction: str, sort: Sequence[SortKey], row: Sequence[Any]) -> str:
-    payload = [direction, _signature(sort), list(row[1:]), row[0]]
-    return base64.urlsafe_b64encode(orjson.dumps(payload)).decode().rstrip("=")
+    return encode_cursor([direction, _signature(sort), list(row[1:]), row[0]])
 
 
 def _read_cursor(cursor: str | None, sort: Sequence[SortKey]) -> tuple[list[Any] | None, bool]:
     if cursor is None:
         return None, False
     try:
-        payload = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        direction, signature, values, last_id = payload
+        direction, signature, values, last_id = decode_cursor(cursor)
         valid = (
             direction in ("n", "p")
             and signature == _signature(sort)
@@ -325,7 +319,7 @@ def _read_cursor(cursor: str | None, sort: Sequence[SortKey]) -> tuple[list[Any]
             and isinstance(last_id, str)
             and all(v is None or type(v) in (int, float, str) for v in values)
         )
-    except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError):
+    except (ValueError, TypeError):
         valid = False
     if not valid:
         raise _bad(

@@ -589,8 +589,10 @@ def everything_statement(
     since: int | None,
     after: tuple[str, str] | None,
     limit: int,
+    *,
+    include_patient: bool = True,
 ) -> Statement:
-    """Members of a patient's compartment (and the patient), ordered by (type, id) for keyset
+    """Members of a patient's compartment (and the patient, unless left out), ordered by (type, id) for keyset
     paging. The (type, parameter) pairs are a VALUES list joined to ``ix_reference_lookup``: one
     index probe per pair, cheap to plan (a UNION of ~100 branches took 10 ms to plan), and the
     members drive the join to ``resource`` (a scan of ``resource`` in key order filtered by
@@ -607,10 +609,12 @@ def everything_statement(
         t, i = c.bind(after[0]), c.bind(after[1])
         where.append(f"(r.res_type > {t} OR (r.res_type = {t} AND r.res_id > {i}))")
     conditions = " AND ".join(where)
-    parts = [
-        f"SELECT r.res_type, r.res_id FROM resource r WHERE r.res_type = 'Patient' "  # nosec B608 # fixed names, bound values (module docstring)
-        f"AND r.res_id = {patient} AND {conditions}"
-    ]
+    parts: list[str] = []
+    if include_patient:
+        parts.append(
+            f"SELECT r.res_type, r.res_id FROM resource r WHERE r.res_type = 'Patient' "  # nosec B608 # fixed names, bound values (module docstring)
+            f"AND r.res_id = {patient} AND {conditions}"
+        )
     prefix = ""
     if pairs:
         prefix = f"WITH links(t, p) AS (VALUES {', '.join(pairs)}) "
@@ -620,6 +624,8 @@ def everything_statement(
             f"AND i.target_type = 'Patient' JOIN resource r "
             f"ON r.res_type = i.res_type AND r.res_id = i.res_id WHERE {conditions}"
         )
+    if not parts:  # e.g. _type names only types outside the compartment
+        return c.statement("SELECT res_type, res_id FROM resource WHERE 1 = 0")
     return c.statement(f"{prefix}{' UNION '.join(parts)} ORDER BY 1, 2 LIMIT {int(limit)}")
 
 

@@ -69,6 +69,19 @@ class Principal:
         return role in self.roles
 
 
-def system_principal(scope: str = "system/*.cruds", client_id: str = "medikus-internal") -> Principal:
+def system_principal(
+    scope: str = "system/*.cruds", client_id: str = "medikus-internal"
+) -> Principal:
     """The principal of in-process calls by the system itself (loaders, jobs, tests' set-up)."""
     return Principal(subject=client_id, client_id=client_id, scopes=parse_scopes(scope))
+
+
+class Unauthenticated(Exception):
+    """No valid credentials: the record core answers 401 with an RFC 6750 challenge.
+
+    ``error``: the RFC 6750 error code (``invalid_token``, or empty when no token was sent)."""
+
+    def __init__(self, description: str, error: str = "invalid_token") -> None:
+        super().__init__(description)
+        self.description = description
+        self.error = error

@@ -183,7 +183,7 @@ def run(
         if kind == "postgresql" and options.analyze:
             pgstats.analyze(database)
             result.analyzed = True
-        result.searches = _searches(database, server.base, catalogue, queries, options, say)
+        result.searches = _searches(database, server, catalogue, queries, options, say)
         if kind == "postgresql" and options.explain:
             _explain(database, catalogue, queries, result.searches, options.seed, say)
     return result
@@ -205,7 +205,7 @@ def _progress(kind: str, total: int, say: Say) -> Callable[[Posted, int], None]:
 
 def _searches(
     database: Database,
-    base: str,
+    server: Server,
     catalogue: Catalogue,
     queries: Sequence[Query],
     options: Options,
@@ -228,7 +228,8 @@ def _searches(
             say(f"{database.kind}: {query.name} with {clients} client(s) …")
             result.levels.append(
                 search.measure(
-                    base,
+                    server.base,
+                    server.auth,
                     query,
                     catalogue,
                     clients,

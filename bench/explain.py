@@ -20,6 +20,8 @@ import sqlalchemy as sa
 from bench.databases import Database
 from fhir_server.core import RecordCore
 from fhir_server.request import FhirRequest
+from medikus.auth_setup import keyring as master_keys
+from medikus.config import Config
 
 Statement = tuple[str, Any]
 _EXECUTION = re.compile(r"Execution Time: ([0-9.]+) ms")
@@ -30,7 +32,8 @@ def plans(
 ) -> dict[str, str]:
     """For each ``(name, path, params)``, the plan of its slowest SELECT (or why there is none)."""
     out: dict[str, str] = {}
-    core = RecordCore.open(database.url, migrate=False, pool_size=1)
+    # The server under test encrypts at rest: the same master keys (bench/server.ensure_keys).
+    core = RecordCore.open(database.url, migrate=False, pool_size=1, keyring=master_keys(Config()))
     try:
         with psycopg.connect(database.psycopg_conninfo(), autocommit=True) as conn:
             for name, path, params in searches:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -36,9 +36,11 @@ class ProtocolError(Exception):
     """The server's answer is not an HTTP/1.1 response this client can frame."""
 
 
-def warm_up(base: str, targets: Sequence[str], clients: int, seed: int = 0) -> None:
+def warm_up(
+    base: str, targets: Sequence[str], clients: int, token: Callable[[], str], seed: int = 0
+) -> None:
     """Untimed: opens the connections and warms both workers' caches and statement plans."""
-    asyncio.run(_run(base, targets, clients, max(4 * clients, 50), 10, random.Random(seed)))
+    asyncio.run(_run(base, targets, clients, max(4 * clients, 50), 10, random.Random(seed), token))
 
 
 def measure(
@@ -47,10 +49,11 @@ def measure(
     clients: int,
     max_requests: int,
     max_seconds: float,
+    token: Callable[[], str],
     seed: int = 1,
 ) -> ReadFigures:
     latencies, errors, seconds = asyncio.run(
-        _run(base, targets, clients, max_requests, max_seconds, random.Random(seed))
+        _run(base, targets, clients, max_requests, max_seconds, random.Random(seed), token)
     )
     ordered = sorted(latencies)
     return ReadFigures(
@@ -71,6 +74,7 @@ async def _run(
     max_requests: int,
     max_seconds: float,
     rng: random.Random,
+    token: Callable[[], str],
 ) -> tuple[list[float], int, float]:
     url = urlsplit(base)
     host, port = url.hostname or "127.0.0.1", url.port or 80
@@ -91,7 +95,7 @@ async def _run(
                 sent = time.perf_counter()
                 try:
                     connection = connection or await Connection.open(host, port)
-                    status = await connection.get(f"/fhir/{target}")
+                    status = await connection.get(f"/fhir/{target}", token())
                     if not connection.reusable:
                         connection.close()
                         connection = None
@@ -121,10 +125,11 @@ class Connection:
         reader, writer = await asyncio.open_connection(host, port)
         return cls(reader, writer, f"{host}:{port}")
 
-    async def get(self, path: str) -> int:
+    async def get(self, path: str, token: str) -> int:
         """The response status; the body is read (and dropped) so the connection can be reused."""
         request = (
-            f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\nAccept: application/fhir+json\r\n\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\nAccept: application/fhir+json\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n"
         )
         self.writer.write(request.encode())
         head = await self.reader.readuntil(b"\r\n\r\n")

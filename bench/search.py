@@ -224,6 +224,7 @@ class QueryResult:
 
 def measure(
     base: str,
+    auth: httpx.Auth,
     query: Query,
     catalogue: Catalogue,
     clients: int,
@@ -234,7 +235,9 @@ def measure(
     """``requests`` searches (fewer if ``seconds`` run out) by ``clients`` concurrent clients."""
     rng = random.Random(f"{seed}/{query.name}/{clients}")
     tally = _Tally()
-    wall = asyncio.run(_session(base, query, catalogue, clients, requests, seconds, rng, tally))
+    wall = asyncio.run(
+        _session(base, auth, query, catalogue, clients, requests, seconds, rng, tally)
+    )
     ordered = sorted(tally.latencies)
     return LevelFigures(
         clients=clients,
@@ -267,6 +270,7 @@ class _Tally:
 
 async def _session(
     base: str,
+    auth: httpx.Auth,
     query: Query,
     catalogue: Catalogue,
     clients: int,
@@ -278,7 +282,9 @@ async def _session(
     """Warms up untimed, then times; returns the timed part's wall time."""
     # One keep-alive connection per client, as a client application holds. The clients are made
     # before the clock starts: each builds an SSL context (~20 ms of CPU, blocking the loop).
-    pool = [httpx.AsyncClient(base_url=f"{base}/fhir", timeout=120) for _ in range(clients)]
+    pool = [
+        httpx.AsyncClient(base_url=f"{base}/fhir", timeout=120, auth=auth) for _ in range(clients)
+    ]
     try:
         # Opens every connection and warms the workers' caches and statement plans.
         await _run(

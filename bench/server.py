@@ -12,11 +12,15 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 
 import httpx
+
+from compliance.keyring import ENV_KEYS, generate_key_file
+from medikus.auth_setup import SystemTokens
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -27,12 +31,26 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def ensure_keys() -> None:
+    """Master keys for the server under test and its tokens: the environment's, else a new key
+    file of this run (outside the repository, which the keyring refuses)."""
+    if os.environ.get("MEDIKUS_KEY_FILE") or os.environ.get(ENV_KEYS):
+        return
+    path = Path(tempfile.mkdtemp(prefix="medikus-bench-keys-")) / "keys.json"
+    generate_key_file(path)
+    os.environ["MEDIKUS_KEY_FILE"] = str(path)
+
+
 class Server:
     """A ``medikus serve --workers N`` process group; a context manager that always stops it."""
 
     def __init__(self, database_url: str, workers: int, ready_timeout: float = 90) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        ensure_keys()
+        # Requests carry a system token of the server's own admin client (its issuer and
+        # audience: this server's address).
+        self.auth = SystemTokens.for_server(database_url, self.base)
         self.database_url = database_url
         self.workers = workers
         self.ready_timeout = ready_timeout
@@ -54,7 +72,9 @@ class Server:
     def _start(self) -> None:
         command = [sys.executable, "-m", "medikus", "serve", "--port", str(self.port)]
         command += ["--workers", str(self.workers), "--database-url", self.database_url]
-        self.process = subprocess.Popen(command, start_new_session=True)
+        # The rate limits would throttle the benchmark's own bursts (they have their own tests).
+        env = {**os.environ, "MEDIKUS_PUBLIC_URL": self.base, "MEDIKUS_RATE_LIMIT": "false"}
+        self.process = subprocess.Popen(command, start_new_session=True, env=env)
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -73,9 +73,11 @@ class _Snapshot:
 def _reads(
     database: Database, server: Server, targets: Sequence[str], clients: int, plan: Plan
 ) -> reads.ReadFigures:
-    reads.warm_up(server.base, targets, clients)
+    reads.warm_up(server.base, targets, clients, server.auth.value)
     before = _Snapshot.take(database, server)
-    figures = reads.measure(server.base, targets, clients, plan.read_requests, plan.read_seconds)
+    figures = reads.measure(
+        server.base, targets, clients, plan.read_requests, plan.read_seconds, server.auth.value
+    )
     after = _Snapshot.take(database, server)
     n = figures.requests or 1
     backends = sum(_spent(before.backends, after.backends).values())
@@ -104,7 +106,7 @@ def ingest_figures(
     workers = server.worker_pids()
     before = _Snapshot.take(database, server)
     posted, wall = ingest.post_all(
-        server.base, payloads, plan.clients, plan.ingest_budget_s, progress
+        server.base, payloads, plan.clients, plan.ingest_budget_s, progress, server.auth
     )
     after = _Snapshot.take(database, server)
     restarted = sorted(set(workers) - set(server.worker_pids()))

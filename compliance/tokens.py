@@ -2,8 +2,9 @@
 
 Access tokens follow the JWT profile for OAuth 2 access tokens (RFC 9068,
 https://www.rfc-editor.org/rfc/rfc9068): header ``typ: at+jwt``, claims iss, aud, sub, client_id,
-scope, jti, iat, exp, plus SMART's ``patient`` and ``fhirUser``; at most 300 s long
-(https://hl7.org/fhir/smart-app-launch/backend-services.html). They are signed with ES256 or
+scope, jti, iat, exp, plus SMART's ``patient`` and ``fhirUser`` and, for users, ``sid`` (the
+login session, OpenID Connect's claim name, so a resource server can refuse ended sessions); at
+most 300 s long (https://hl7.org/fhir/smart-app-launch/backend-services.html). They are signed with ES256 or
 Ed25519 (RFC 9864's fully specified name for EdDSA over Ed25519; joserfc flags the polymorphic
 ``EdDSA`` as deprecated) by a :class:`SigningKeys` of current and previous keys, identified by ``kid``
 (RFC 7638 thumbprints); :meth:`SigningKeys.jwks` publishes only the public halves.
@@ -205,6 +206,7 @@ class AccessTokenClaims:
     exp: int
     patient: str | None = None
     fhir_user: str | None = None
+    sid: str | None = None  # the login session (users only): logout and password change end it
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -221,6 +223,8 @@ class AccessTokenClaims:
             out["patient"] = self.patient
         if self.fhir_user is not None:
             out["fhirUser"] = self.fhir_user
+        if self.sid is not None:
+            out["sid"] = self.sid
         return out
 
 
@@ -254,6 +258,7 @@ class AccessTokens:
         scope: str,
         patient: str | None = None,
         fhir_user: str | None = None,
+        sid: str | None = None,
     ) -> tuple[str, AccessTokenClaims]:
         """A signed token and its claims (``expires_in`` = exp - iat)."""
         now = self.clock() // _SECOND
@@ -268,6 +273,7 @@ class AccessTokens:
             exp=now + self.lifetime_s,
             patient=patient,
             fhir_user=fhir_user,
+            sid=sid,
         )
         key = self.keys.current
         header = {"alg": key.alg, "kid": key.kid, "typ": ACCESS_TOKEN_TYPE}
@@ -300,10 +306,9 @@ class AccessTokens:
             raise TokenError(Reason.LIFETIME, "token lifetime exceeds 300 s")
         patient = claims.get("patient")
         fhir_user = claims.get("fhirUser")
-        if not (patient is None or isinstance(patient, str)) or not (
-            fhir_user is None or isinstance(fhir_user, str)
-        ):
-            raise TokenError(Reason.CLAIMS, "patient and fhirUser must be strings")
+        sid = claims.get("sid")
+        if not all(value is None or isinstance(value, str) for value in (patient, fhir_user, sid)):
+            raise TokenError(Reason.CLAIMS, "patient, fhirUser and sid must be strings")
         return AccessTokenClaims(
             iss=self.issuer,
             aud=self.audience,
@@ -315,6 +320,7 @@ class AccessTokens:
             exp=exp,
             patient=patient,
             fhir_user=fhir_user,
+            sid=sid,
         )
 
 

@@ -19,6 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from compliance.principal import Principal, Unauthenticated
+from fhir_server.access import READ, Guard
 from fhir_server.context import Context
 from fhir_server.errors import Category, FhirError
 from fhir_server.notifications import WebSocketHub
@@ -50,6 +52,8 @@ _ROUTES: tuple[tuple[str, str, str, dict[str, Any] | None], ...] = (
     ("GET", "/{type}/{id}/_history/{vid}", "vread", None),
     ("GET", "/{type}/{id}/_history", "history (instance)", None),
     ("GET", "/{type}/{id}/$everything", "$everything", None),
+    ("POST", "/{type}/{id}/$break-glass", "$break-glass (emergency access)", _BODY),
+    ("GET", "/{type}/{id}/$record-export", "$record-export (the whole record)", None),
     ("GET", "/{type}/$lastn", "$lastn", None),
     ("GET", "/{type}/{id}/{compartment_type}", "compartment search", None),
     ("POST", "/{type}/{id}/$validate", "$validate (instance)", _BODY),
@@ -66,11 +70,24 @@ _PATH_PARAMETERS = {
 }
 
 
-def install(app: FastAPI, ctx: Context, websocket: WebSocketHub | None = None) -> None:
+Authenticate = Callable[[str | None, str | None], Principal]
+# Public without a token: the CapabilityStatement (clients discover the server and its
+# SMART endpoints from it).
+_PUBLIC = frozenset({("GET", "metadata")})
+
+
+def install(
+    app: FastAPI,
+    ctx: Context,
+    websocket: WebSocketHub | None = None,
+    authenticate: Authenticate | None = None,
+) -> None:
     """Adds the FHIR API under /fhir and turns every HTTP-level error into an OperationOutcome;
-    with a hub, the subscriptions' websocket channel at /fhir/ws."""
+    with a hub, the subscriptions' websocket channel at /fhir/ws. With ``authenticate`` every
+    request but the CapabilityStatement needs a bearer token (without: in-process test apps
+    that act as the system)."""
     router = APIRouter(prefix=PREFIX)
-    endpoint = _endpoint(ctx)
+    endpoint = _endpoint(ctx, authenticate)
     for method, path, summary, body in _ROUTES:
         router.add_api_route(
             path,
@@ -84,7 +101,7 @@ def install(app: FastAPI, ctx: Context, websocket: WebSocketHub | None = None) -
     # Clients post bundles to the base with or without a trailing slash.
     router.add_api_route("/", endpoint, methods=["POST"], include_in_schema=False)
     if websocket is not None:
-        router.add_api_websocket_route("/ws", _websocket(websocket))
+        router.add_api_websocket_route("/ws", _websocket(websocket, ctx, authenticate))
     app.include_router(router)
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
@@ -108,26 +125,60 @@ def _openapi(path: str, body: dict[str, Any] | None) -> dict[str, Any]:
     return extra
 
 
-def _endpoint(ctx: Context) -> Callable[[Request], Awaitable[Response]]:
+def _endpoint(
+    ctx: Context, authenticate: Authenticate | None
+) -> Callable[[Request], Awaitable[Response]]:
     limit = ctx.settings.max_body_bytes
 
     async def endpoint(request: Request) -> Response:
+        # The raw scope path: request.url re-parses it and drops decoded tab/CR/LF.
+        path = request.scope["path"][len(PREFIX) :].strip("/")
+        principal = None
+        if authenticate is not None and (request.method, path) not in _PUBLIC:
+            address = request.client.host if request.client else None
+            try:
+                principal = await run_in_threadpool(
+                    authenticate, request.headers.get("authorization"), address
+                )
+            except Unauthenticated as failure:
+                refused = _unauthenticated(failure)
+                if ctx.audit is not None:  # the caller is unknown, not the system
+                    bare = FhirRequest(method=request.method, path=path, base=_base(request))
+                    await run_in_threadpool(ctx.audit.unauthenticated, bare, refused, address)
+                return _response(refused)
         try:
             body = await _read_body(request, limit)
         except FhirError as error:
             return _response(FhirResponse.error(error))
         fhir_request = FhirRequest(
             method=request.method,
-            # The raw scope path: request.url re-parses it and drops decoded tab/CR/LF.
-            path=request.scope["path"][len(PREFIX) :].strip("/"),
+            path=path,
+            principal=principal,
             query=request.query_params.multi_items(),
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,
-            base=str(request.base_url).rstrip("/") + PREFIX,
+            base=_base(request),
         )
         return _response(await run_in_threadpool(dispatch, fhir_request, ctx))
 
     return endpoint
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + PREFIX
+
+
+def _unauthenticated(failure: Unauthenticated) -> FhirResponse:
+    """401 with an RFC 6750 challenge; the body says no more than the challenge (which check
+    failed stays in the audit trail, not with the caller)."""
+    challenge = 'Bearer realm="medikus"'
+    if failure.error:
+        challenge += f', error="{failure.error}"'
+    response = FhirResponse.error(
+        FhirError(Category.UNAUTHORIZED, "Authentication required: a valid bearer token.")
+    )
+    response.headers["www-authenticate"] = challenge
+    return response
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -172,11 +223,25 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return _outcome(Category.FAULT, "An internal error occurred; it has been logged.")
 
 
-def _websocket(hub: WebSocketHub) -> Callable[[WebSocket], Awaitable[None]]:
+def _websocket(
+    hub: WebSocketHub, ctx: Context, authenticate: Authenticate | None
+) -> Callable[[WebSocket], Awaitable[None]]:
     """The R4 websocket channel (https://hl7.org/fhir/R4/subscription.html#channels): the client
     sends ``bind <id>``, the server answers ``bound <id>`` and then ``ping <id>`` per notification."""
 
     async def endpoint(socket: WebSocket) -> None:
+        if authenticate is not None:
+            # The handshake carries the bearer token; only callers who may read
+            # subscriptions (backend services) may bind to one.
+            address = socket.client.host if socket.client else None
+            try:
+                principal = await run_in_threadpool(
+                    authenticate, socket.headers.get("authorization"), address
+                )
+                Guard(ctx, principal).require(READ, "Subscription")
+            except (Unauthenticated, FhirError):
+                await socket.close(code=1008)  # policy violation
+                return
         await socket.accept()
         session = hub.session()
 

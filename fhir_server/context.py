@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fhir_server._time import Clock
 from fhir_server.criteria import CriteriaParser
 from fhir_server.search.registry import SearchParamRegistry
 from fhir_server.search.rows import IndexRows
-from fhir_server.store import Store
+from fhir_server.store import NewVersion, Store, StoredVersion, UnitOfWork
+
+if TYPE_CHECKING:
+    from fhir_server.request import FhirRequest, FhirResponse
 
 
 class Validator(Protocol):
@@ -37,6 +40,22 @@ class Settings:
     max_bundle_entries: int = 20_000
 
 
+class Audit(Protocol):
+    """The audit trail's hooks (fhir_server/audit.py): the router runs every request through
+    ``audited``; the write path hands each unit of work's versions to ``changes`` before commit;
+    the HTTP layer reports requests refused for want of a valid token to ``unauthenticated``."""
+
+    def audited(self, request: FhirRequest, run: Callable[[], FhirResponse]) -> FhirResponse: ...
+
+    def changes(
+        self, uow: UnitOfWork, written: list[tuple[NewVersion, StoredVersion | None]]
+    ) -> None: ...
+
+    def unauthenticated(
+        self, request: FhirRequest, response: FhirResponse, address: str | None
+    ) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
     store: Store
@@ -48,3 +67,4 @@ class Context:
     new_id: Callable[[], str]
     settings: Settings
     version: str = "0"
+    audit: Audit | None = None  # None: nothing is audited (tools, the audit chainer)

@@ -6,14 +6,18 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import orjson
 import uuid_utils
 
+from compliance.keyring import Keyring
 from fhir_server import _http
-from fhir_server._sqlstore import SqlStore, SqlSubscriptionStore
+from fhir_server._sqlstore import SqlAuditLog, SqlRewrap, SqlStore, SqlSubscriptionStore
 from fhir_server._time import Clock, system_clock
 from fhir_server._validation import ResourceValidator
+from fhir_server.audit import AuditSystem
 from fhir_server.context import Context, Settings
 from fhir_server.criteria import CriteriaParser
+from fhir_server.encryption import rewrap
 from fhir_server.notifications import DeliverySettings, Dispatcher, WebSocketHub
 from fhir_server.request import FhirRequest, FhirResponse
 from fhir_server.resource_types import supported_types
@@ -23,7 +27,9 @@ from fhir_server.search.registry import SearchParamRegistry
 from fhir_server.store import SubscriptionStore
 from fhir_server.subscriptions import SubscriptionRules
 
-__all__ = ["DeliverySettings", "RecordCore", "Settings"]
+__all__ = ["Authenticate", "DeliverySettings", "RecordCore", "Settings"]
+
+Authenticate = _http.Authenticate
 
 
 def _uuid() -> str:
@@ -35,9 +41,15 @@ def _uuid() -> str:
 class RecordCore:
     """A FHIR R4 server on one database; ``install`` mounts it on a FastAPI app at /fhir."""
 
-    def __init__(self, ctx: Context, subscriptions: SubscriptionStore | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        subscriptions: SubscriptionStore | None = None,
+        audit: AuditSystem | None = None,
+    ) -> None:
         self.ctx = ctx
         self.subscriptions = subscriptions
+        self.audit = audit
         self._hub = WebSocketHub(ctx, subscriptions) if subscriptions is not None else None
         self._dispatcher: Dispatcher | None = None
 
@@ -52,8 +64,17 @@ class RecordCore:
         new_id: Callable[[], str] = _uuid,
         pool_size: int = 10,
         version: str = "0",
+        keyring: Keyring | None = None,
+        audit: bool = False,
     ) -> RecordCore:
-        store = SqlStore.open(database_url, pool_size=pool_size, migrate_schema=migrate)
+        """``keyring``: payloads encrypted and identifying index values stored as tokens
+        (fhir_server/encryption.py, protection.py); None (tests, tools): both in plain text, and
+        a database that holds encrypted data is refused. The app always passes one. ``audit``
+        (needs the keyring): every request and change writes AuditEvents into the chained trail
+        (fhir_server/audit.py); start it with ``start_audit``."""
+        store = SqlStore.open(
+            database_url, pool_size=pool_size, migrate_schema=migrate, keyring=keyring
+        )
         registry = SearchParamRegistry.load()
         ctx = Context(
             store=store,
@@ -68,19 +89,46 @@ class RecordCore:
         )
         # Subscriptions are checked (and activated) where every write is validated.
         ctx = replace(ctx, validator=SubscriptionRules(ctx.validator, ctx))
-        return cls(ctx, SqlSubscriptionStore(store))
+        system = None
+        if audit:
+            if keyring is None:
+                raise ValueError("the audit trail needs the master keys")
+            system = AuditSystem.build(ctx, SqlAuditLog(store), keyring)
+            ctx = system.ctx
+        return cls(ctx, SqlSubscriptionStore(store), system)
 
     @staticmethod
     def migrate(database_url: str) -> None:
         """Creates or upgrades the schema (run once before starting several workers)."""
         SqlStore.open(database_url, pool_size=1).close()
 
+    def rewrap(self, batch: int = 500) -> int:
+        """Key rotation without downtime (encryption.rewrap): payloads and search tokens to the
+        current master key version, ``batch`` rows per transaction; the number of rows changed."""
+        return rewrap(self._rewrap_store(), self.ctx.indexer.extract, orjson.loads, batch)
+
+    def key_versions_in_use(self) -> set[int]:
+        """Master key versions some payload or search token is still under; a version of the
+        key file not among them can be retired (after ``rewrap``)."""
+        store = self.ctx.store
+        # The audit chain's HMACs are under a master key version too: retiring it would make
+        # the trail unverifiable.
+        audit = SqlAuditLog(store).key_versions() if isinstance(store, SqlStore) else set()
+        return self._rewrap_store().versions_in_use() | audit
+
+    def _rewrap_store(self) -> SqlRewrap:
+        store = self.ctx.store
+        if not isinstance(store, SqlStore):
+            raise TypeError("key rotation needs the SQL store")
+        return SqlRewrap(store)
+
     def with_settings(self, **changes: Any) -> RecordCore:
         settings = replace(self.ctx.settings, **changes)
-        return RecordCore(replace(self.ctx, settings=settings), self.subscriptions)
+        return RecordCore(replace(self.ctx, settings=settings), self.subscriptions, self.audit)
 
-    def install(self, app: Any) -> None:
-        _http.install(app, self.ctx, websocket=self._hub)
+    def install(self, app: Any, authenticate: _http.Authenticate | None = None) -> None:
+        """Mounts the FHIR API; with ``authenticate`` every request needs a bearer token."""
+        _http.install(app, self.ctx, websocket=self._hub, authenticate=authenticate)
 
     def start_notifications(self, settings: DeliverySettings | None = None) -> None:
         """Starts this process's subscription dispatcher; of all processes on one database, one
@@ -89,6 +137,17 @@ class RecordCore:
             return
         self._dispatcher = Dispatcher(self.ctx, self.subscriptions, settings)
         self._dispatcher.start()
+
+    def start_audit(self) -> None:
+        """Starts this process's writer of read events and its chainer (one chains per
+        database at a time)."""
+        if self.audit is not None:
+            self.audit.start()
+
+    def stop_audit(self) -> None:
+        """Writes the queued events and lets the chainer chain them and sign the head."""
+        if self.audit is not None:
+            self.audit.stop()
 
     def stop_notifications(self) -> None:
         if self._dispatcher is not None:
@@ -109,4 +168,5 @@ class RecordCore:
 
     def close(self) -> None:
         self.stop_notifications()
+        self.stop_audit()
         self.ctx.store.close()

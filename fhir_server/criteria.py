@@ -149,11 +149,31 @@ class AnyOf:
 
 
 @dataclass(frozen=True, slots=True)
+class AllOf:
+    """All of the criteria hold (one alternative of an access restriction)."""
+
+    criteria: tuple[Criterion, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Not:
     criterion: Criterion
 
 
-Criterion = Match | Missing | Ids | LastUpdated | InList | Chain | Has | AnyOf | Not
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """The Patient is one whose record ``grantees`` may see for resources of ``for_type`` at the
+    instant ``at`` (epoch microseconds): a row of ``access_grant`` (fhir_server/access.py).
+    Never parsed from a query; the access layer adds it."""
+
+    grantees: tuple[str, ...]
+    for_type: str
+    at: int
+
+
+Criterion = (
+    Match | Missing | Ids | LastUpdated | InList | Chain | Has | AnyOf | AllOf | Not | Granted
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ class Category(Enum):
 
     INVALID = (400, "invalid")
     NOT_SUPPORTED = (400, "not-supported")
+    UNAUTHORIZED = (401, "login")
     FORBIDDEN = (403, "forbidden")
     NOT_FOUND = (404, "not-found")
     METHOD_NOT_ALLOWED = (405, "not-supported")

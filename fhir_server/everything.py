@@ -8,6 +8,7 @@ resources changed since then, ``_type`` limits the types, ``_count`` sizes the p
 from __future__ import annotations
 
 from fhir_server._time import parse_period
+from fhir_server.access import Guard
 from fhir_server.bundles import bundle, decode_cursor, encode_cursor, entry, link
 from fhir_server.compartments import patient_compartment
 from fhir_server.context import Context
@@ -24,6 +25,8 @@ def everything(
 ) -> FhirResponse:
     if rtype != "Patient" or id is None:
         raise FhirError(Category.NOT_FOUND, "$everything is defined on Patient/[id].")
+    guard = Guard(ctx, request.principal)
+    guard.readable("Patient", id)
     query = dict(request.query)
     for key in query:
         if key not in _PARAMS:
@@ -63,8 +66,10 @@ def everything(
     keys = [(t, i) for t, i in ctx.store.select(statement)]
     more = len(keys) > count
     keys = keys[:count]
-    members = ctx.store.fetch(keys)
-    referenced = _referenced(ctx, members)
+    members = ctx.store.fetch(guard.keep_visible(keys))
+    referenced = ctx.store.fetch(
+        guard.keep_visible([(v.type, v.id) for v in _referenced(ctx, members)])
+    )
     plain = [(k, v) for k, v in request.query if k != "_cursor"]
     path = f"Patient/{id}/$everything"
     links = [("self", link(request.base, path, request.query))]

@@ -7,10 +7,12 @@ returns neither duplicates nor gaps while new versions are written.
 from __future__ import annotations
 
 from fhir_server._time import format_instant, parse_period
+from fhir_server.access import READ, SEARCH, Guard
 from fhir_server.bundles import bundle, entry, link
 from fhir_server.context import Context
 from fhir_server.errors import Category, FhirError
 from fhir_server.request import FhirRequest, FhirResponse, whole_number
+from fhir_server.resource_types import supported_types
 from fhir_server.store import HistoryQuery, StoredVersion
 from fhir_server.writes import check_id, check_type
 
@@ -24,6 +26,7 @@ def history(
         check_type(rtype)
     if id is not None:
         check_id(id)
+    _check_access(Guard(ctx, request.principal), rtype, id)
     query = _query(request, ctx, rtype, id)
     rows = ctx.store.history(query)
     if (
@@ -42,6 +45,26 @@ def history(
         links.append(("next", link(request.base, path, [*kept, ("_cursor", str(rows[-1].seq))])))
     entries = [_entry(request.base, r) for r in rows]
     return FhirResponse(200, bundle("history", links, entries, now=ctx.clock()))
+
+
+def _check_access(guard: Guard, rtype: str | None, id: str | None) -> None:
+    """Instance history follows the resource's visibility. Type and system history list old
+    versions, which have no index rows to narrow by: only for callers who may see every
+    resource of the type (backend services with unrestricted system scopes)."""
+    if guard.unrestricted:
+        return
+    if rtype is not None and id is not None:
+        guard.readable(rtype, id)
+        return
+    types = [rtype] if rtype is not None else sorted(supported_types())
+    for t in types:
+        if guard.restriction(SEARCH, t) is not None or guard.restriction(READ, t) is not None:
+            raise FhirError(
+                Category.FORBIDDEN,
+                f"The history of {'all resources' if rtype is None else rtype} is available "
+                "only to callers who may see every such resource; ask for the history of one "
+                "resource instead.",
+            )
 
 
 def _query(request: FhirRequest, ctx: Context, rtype: str | None, id: str | None) -> HistoryQuery:

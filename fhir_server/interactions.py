@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fhir_server._time import parse_http_date
+from fhir_server.access import CREATE, DELETE, SEARCH, UPDATE, Guard
 from fhir_server.context import Context
 from fhir_server.errors import Category, FhirError
 from fhir_server.request import (
@@ -41,6 +42,7 @@ from fhir_server.writes import (
 def read(request: FhirRequest, ctx: Context, rtype: str, id: str) -> FhirResponse:
     check_type(rtype)
     check_id(id)
+    Guard(ctx, request.principal).readable(rtype, id)
     stored = ctx.store.read(rtype, id)
     return _serve(request, rtype, id, stored)
 
@@ -48,6 +50,8 @@ def read(request: FhirRequest, ctx: Context, rtype: str, id: str) -> FhirRespons
 def vread(request: FhirRequest, ctx: Context, rtype: str, id: str, version: str) -> FhirResponse:
     check_type(rtype)
     check_id(id)
+    # Versions are visible when the resource is (its current version decides).
+    Guard(ctx, request.principal).readable(rtype, id)
     if not is_whole_number(version):
         raise FhirError(Category.NOT_FOUND, f"{rtype}/{id} has no version '{version}'.")
     stored = ctx.store.vread(rtype, id, int(version))
@@ -104,7 +108,9 @@ class PreparedWrite:
         references to it can be prepared early; ``resolve`` checks the guess under the lock."""
         if self.method != "POST" or self.criteria is None:
             return
-        matches = match_ids(ctx.store, self.rtype, ctx.criteria.parse(self.rtype, self.criteria), 2)
+        guard = Guard(ctx, self.request.principal)
+        parsed = guard.narrow(self.rtype, ctx.criteria.parse(self.rtype, self.criteria))
+        matches = match_ids(ctx.store, self.rtype, parsed, 2)
         if len(matches) < 2:
             self.exists = bool(matches)
             self.id = matches[0] if matches else ctx.new_id()
@@ -127,7 +133,10 @@ class PreparedWrite:
         if self.criteria is None:
             self.assign_id(writes.ctx)
             return
-        parsed = writes.ctx.criteria.parse(self.rtype, self.criteria)
+        # Conditional interactions search: only among what the caller may see.
+        parsed = writes.guard.narrow(
+            self.rtype, writes.ctx.criteria.parse(self.rtype, self.criteria)
+        )
         writes.uow.lock(f"{self.rtype}?{sorted(self.criteria)}")
         matches = match_ids(writes.uow, self.rtype, parsed, 2)
         if len(matches) > 1:
@@ -204,6 +213,10 @@ def prepare_write(request: FhirRequest, ctx: Context, rtype: str, id: str | None
         check_id(id)
     method = request.method
     criteria = _criteria(request, method, id)
+    guard = Guard(ctx, request.principal)
+    guard.require({"POST": CREATE, "DELETE": DELETE}.get(method, UPDATE), rtype)
+    if criteria is not None:
+        guard.require(SEARCH, rtype)
     if_match = parse_etag(request.header("if-match"))
     if method == "DELETE":
         return PreparedWrite(request, method, rtype, id, criteria, if_match=if_match)
@@ -277,7 +290,7 @@ def run_write(request: FhirRequest, ctx: Context, rtype: str, id: str | None) ->
     with ctx.store.write_slot():
         prepared = prepare_write(request, ctx, rtype, id)
         with ctx.store.unit_of_work() as uow:
-            writes = Writes(ctx, uow, ctx.clock())
+            writes = Writes(ctx, uow, ctx.clock(), Guard(ctx, request.principal))
             prepared.resolve(writes)
             response = prepared.apply(writes)
             writes.finish()

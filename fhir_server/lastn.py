@@ -7,6 +7,7 @@ with a window function over the code index rows.
 
 from __future__ import annotations
 
+from fhir_server.access import Guard
 from fhir_server.bundles import bundle, entry, link
 from fhir_server.context import Context
 from fhir_server.errors import Category, FhirError
@@ -29,8 +30,9 @@ def lastn(request: FhirRequest, ctx: Context, rtype: str | None, id: str | None)
         raise FhirError(
             Category.INVALID, "$lastn needs search criteria, e.g. patient and category."
         )
+    criteria = Guard(ctx, request.principal).narrow("Observation", parsed.criteria)
     ids = list(
-        dict.fromkeys(row[0] for row in ctx.store.select(lastn_statement(parsed.criteria, maximum)))
+        dict.fromkeys(row[0] for row in ctx.store.select(lastn_statement(criteria, maximum)))
     )
     found = ctx.store.fetch([("Observation", i) for i in ids])
     links = [("self", link(request.base, "Observation/$lastn", request.query))]

@@ -7,9 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fhir_server.break_glass import break_glass
 from fhir_server.context import Context
 from fhir_server.errors import Category, FhirError, Issue, information, operation_outcome
 from fhir_server.everything import everything
+from fhir_server.export import record_export
 from fhir_server.lastn import lastn
 from fhir_server.request import FhirRequest, FhirResponse
 from fhir_server.writes import check_type, prepare
@@ -96,6 +98,22 @@ OPERATIONS: tuple[Operation, ...] = (
         frozenset({"GET"}),
         lastn,
         frozenset({"Observation"}),
+    ),
+    Operation(
+        "record-export",
+        "https://medi-kus.de/fhir/OperationDefinition/Patient-record-export",
+        frozenset({"instance"}),
+        frozenset({"GET"}),
+        record_export,
+        frozenset({"Patient"}),
+    ),
+    Operation(
+        "break-glass",
+        "https://medi-kus.de/fhir/OperationDefinition/Patient-break-glass",
+        frozenset({"instance"}),
+        frozenset({"POST"}),
+        break_glass,
+        frozenset({"Patient"}),
     ),
 )
 

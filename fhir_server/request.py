@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from compliance.principal import Principal
 from fhir_server._time import format_http_date, format_instant
 from fhir_server.errors import Category, FhirError, information
 from fhir_server.store import StoredVersion
@@ -33,6 +34,8 @@ class FhirRequest:
     body: bytes = b""
     base: str = ""  # absolute FHIR base URL, for Location and fullUrl
     parsed: Any = None  # the body already parsed (bundle entries), instead of ``body``
+    # Who asks (fhir_server/access.py decides); None: the system itself, in process.
+    principal: Principal | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)

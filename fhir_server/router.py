@@ -20,6 +20,12 @@ log = logging.getLogger(__name__)
 
 def dispatch(request: FhirRequest, ctx: Context) -> FhirResponse:
     """Runs the interaction; every failure becomes an OperationOutcome response."""
+    if ctx.audit is not None:  # audit hook (H3): records the request's AuditEvents once answered
+        return ctx.audit.audited(request, lambda: _answer(request, ctx))
+    return _answer(request, ctx)
+
+
+def _answer(request: FhirRequest, ctx: Context) -> FhirResponse:
     try:
         return route(request, ctx)
     except FhirError as error:

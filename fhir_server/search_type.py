@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+from fhir_server.access import READ, Guard
 from fhir_server.bundles import bundle, decode_cursor, encode_cursor, entry, link
 from fhir_server.compartments import in_compartment
 from fhir_server.context import Context
@@ -83,7 +84,14 @@ def search(
         criteria.insert(0, member)
         path = f"{ctype}/{cid}/{rtype}"
     result = parse_result(ctx, rtype, query, lenient)
-    return run_search(request, ctx, rtype, path, criteria, parsed.used, result)
+    guard = Guard(ctx, request.principal)
+    criteria = guard.narrow(rtype, criteria)
+    for inc in result.includes:
+        # Naming a type the caller may not read is refused, not silently dropped.
+        guard.require(READ, inc.source)
+        if inc.target is not None:
+            guard.require(READ, inc.target)
+    return run_search(request, ctx, rtype, path, criteria, parsed.used, result, guard)
 
 
 def _query(request: FhirRequest) -> list[tuple[str, str]]:
@@ -113,6 +121,7 @@ def run_search(
     criteria: list[Criterion],
     used: list[tuple[str, str]],
     result: ResultParams,
+    guard: Guard | None = None,
 ) -> FhirResponse:
     store = ctx.store
     self_query = [*used, *result.used]
@@ -145,7 +154,7 @@ def run_search(
     matches = store.fetch([(rtype, row[0]) for row in rows])
     page_links = _page_links(request.base, path, self_query, result, rows, after, backwards, more)
     links.extend(page_links)
-    included = _includes(ctx, matches, result.includes)
+    included = _includes(ctx, matches, result.includes, guard or Guard(ctx, None))
     entries = [_entry(ctx, request.base, v, "match", result) for v in matches]
     entries += [_entry(ctx, request.base, v, "include", result) for v in included]
     return FhirResponse(200, bundle("searchset", links, entries, total=total))
@@ -261,7 +270,7 @@ def _include(ctx: Context, rtype: str, key: str, raw: str, reverse: bool) -> Inc
 
 
 def _includes(
-    ctx: Context, matches: list[StoredVersion], includes: list[Include]
+    ctx: Context, matches: list[StoredVersion], includes: list[Include], guard: Guard
 ) -> list[StoredVersion]:
     """_include/_revinclude, repeated for :iterate until nothing new turns up (search.html#include)."""
     if not includes or not matches:
@@ -284,6 +293,7 @@ def _includes(
                 if (t, i) not in seen:
                     seen.add((t, i))
                     found.append((t, i))
+        found = guard.keep_visible(found)
         if not found:
             break
         fetched = ctx.store.fetch(found[: MAX_INCLUDED - len(out)])

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from fhir_server._time import format_instant
+from fhir_server.access import Guard
 from fhir_server.context import Context
 from fhir_server.errors import Category, FhirError, Issue
 from fhir_server.interactions import PreparedWrite, prepare_write
@@ -92,6 +93,7 @@ def _entry_request(outer: FhirRequest, entry: Any, index: int) -> FhirRequest:
         query=parse_qsl(parts.query, keep_blank_values=True),
         headers=headers,
         base=outer.base,
+        principal=outer.principal,
         parsed=entry.get("resource"),
     )
 
@@ -154,7 +156,8 @@ def _write_entries(
             p.pre_render(ctx, now)
     responses: dict[int, FhirResponse] = {}
     with ctx.store.unit_of_work() as uow:
-        writes = Writes(ctx, uow, now)
+        principal = requests[0].principal if requests else None
+        writes = Writes(ctx, uow, now, Guard(ctx, principal))
         for i in order:
             _in_entry(i, partial(prepared[i].resolve, writes))
         _check_identities(prepared)
@@ -262,7 +265,7 @@ def _rewrite_pending(
 def _resolve_conditional(reference: str, writes: Writes) -> str:
     rtype, _, query = reference.partition("?")
     criteria = writes.ctx.criteria.parse(rtype, parse_qsl(query, keep_blank_values=True))
-    matches = match_ids(writes.uow, rtype, criteria, 2)
+    matches = match_ids(writes.uow, rtype, writes.guard.narrow(rtype, criteria), 2)
     if len(matches) != 1:
         found = "no" if not matches else "more than one"
         raise FhirError(

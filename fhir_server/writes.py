@@ -14,7 +14,10 @@ from typing import Any
 import jsonpatch
 import orjson
 
+from fhir_server import relations
 from fhir_server._time import format_instant
+from fhir_server.access import CREATE, DELETE, UPDATE, Guard, not_known
+from fhir_server.audit_scope import note_refusal
 from fhir_server.context import Context
 from fhir_server.errors import Category, FhirError, Issue
 from fhir_server.references import is_unresolved, local_target, references_in
@@ -76,13 +79,19 @@ def prepare(ctx: Context, resource: dict[str, Any], rtype: str) -> dict[str, Any
 class Writes:
     """The writes of one unit of work."""
 
-    def __init__(self, ctx: Context, uow: UnitOfWork, now: int) -> None:
+    def __init__(self, ctx: Context, uow: UnitOfWork, now: int, guard: Guard | None = None) -> None:
         self.ctx = ctx
         self.uow = uow
         self.now = now
+        self.guard = guard or Guard(ctx, None)
+        # Versions written, checked against the caller's access once relations are current.
+        self._written: dict[tuple[str, str], bool] = {}  # (type, id) -> created
+        self._relations = relations.Tracker()
         # Each local reference target, with the bundle entry that first named it (for errors).
         self._targets: dict[tuple[str, str], str | None] = {}
         self.entry: str | None = None  # set by the transaction processor: "Bundle.entry[i]"
+        # Audit hook (H3): each version written with the version it replaced, for AuditEvents.
+        self.audited: list[tuple[NewVersion, StoredVersion | None]] = []
 
     def create(self, resource: dict[str, Any], id: str) -> StoredVersion:
         return self._store(resource, id, None, "POST")
@@ -98,6 +107,7 @@ class Writes:
                 expression=(f"{rtype}.id",),
             )
         prior = self.uow.current(rtype, id)
+        self._check_visible(rtype, id, prior, UPDATE)
         self._check_match(rtype, id, prior, if_match)
         try:
             stored = self._store(resource, id, prior, "PUT")
@@ -110,6 +120,7 @@ class Writes:
 
     def patch(self, rtype: str, id: str, operations: Any, if_match: int | None) -> StoredVersion:
         prior = self.uow.current(rtype, id)
+        self._check_visible(rtype, id, prior, UPDATE)
         if prior is None or prior.content is None:
             raise absent(rtype, id, prior)
         self._check_match(rtype, id, prior, if_match)
@@ -138,17 +149,58 @@ class Writes:
     def delete(self, rtype: str, id: str, if_match: int | None) -> StoredVersion | None:
         """Deletes (as a new version); None if there was nothing to delete."""
         prior = self.uow.current(rtype, id)
+        self._check_visible(rtype, id, prior, DELETE)
         self._check_match(rtype, id, prior, if_match)
         if prior is None or prior.deleted:
             return None
         version = NewVersion(
             rtype, id, prior.version + 1, self.now, "DELETE", None, prior=prior.version
         )
+        self._relations.before_change(self.uow, version)
         self.uow.put(version)
+        self.audited.append((version, prior))
         return StoredVersion(rtype, id, version.version, self.now, True, "DELETE", None)
 
     def finish(self) -> None:
-        """Refuses the whole unit of work if a local reference does not resolve (references.html)."""
+        """Refuses the whole unit of work if a local reference does not resolve (references.html)
+        or if the caller may not see what was written; brings access grants up to date."""
+        self._check_references()
+        self._relations.refresh(self.uow, self.now)
+        self._check_written()
+        if self.ctx.audit is not None:  # audit hook (H3): change events, in this transaction
+            self.ctx.audit.changes(self.uow, self.audited)
+
+    def _check_visible(
+        self, rtype: str, id: str, prior: StoredVersion | None, interaction: Any
+    ) -> None:
+        """An existing resource the caller may not see is "not known" (like a missing one)."""
+        self.guard.require(interaction, rtype)
+        if self.guard.unrestricted or prior is None or prior.deleted:
+            return
+        if id not in self.guard.visible(rtype, (id,), interaction, db=self.uow):
+            raise not_known(rtype, id)
+
+    def _check_written(self) -> None:
+        """Every written version must lie within what the caller may see: a doctor cannot file
+        an Observation for a patient without a treatment relation, a patient cannot write into
+        someone else's record. Checked after the relations are refreshed, so a new Patient
+        managed by the doctor's own MVZ counts as theirs."""
+        if self.guard.unrestricted or not self._written:
+            return
+        by_type: dict[tuple[str, Any], list[str]] = {}
+        for (rtype, id), created in self._written.items():
+            by_type.setdefault((rtype, CREATE if created else UPDATE), []).append(id)
+        for (rtype, interaction), ids in by_type.items():
+            visible = self.guard.visible(rtype, ids, interaction, db=self.uow)
+            if len(visible) < len(set(ids)):
+                note_refusal(f"writing {rtype} outside the caller's access")
+                raise FhirError(
+                    Category.FORBIDDEN,
+                    f"You may not write this {rtype}: it would lie outside the records you "
+                    "have access to (no treatment relation or consent for this patient).",
+                )
+
+    def _check_references(self) -> None:
         if not self.ctx.settings.enforce_references or not self._targets:
             return
         missing = sorted(set(self._targets) - self.uow.existing(self._targets.keys()))
@@ -193,11 +245,19 @@ class Writes:
     ) -> StoredVersion:
         version = 1 if prior is None else prior.version + 1
         prior_version = None if prior is None else prior.version
-        return self.put(render(self.ctx, resource, id, version, prior_version, method, self.now))
+        rendered = render(self.ctx, resource, id, version, prior_version, method, self.now)
+        return self.put(rendered, prior)
 
-    def put(self, rendered: Rendered) -> StoredVersion:
-        """Writes a version rendered earlier (possibly before the unit of work began)."""
-        self.uow.put(rendered.version)
+    def put(self, rendered: Rendered, prior: StoredVersion | None = None) -> StoredVersion:
+        """Writes a version rendered earlier (possibly before the unit of work began);
+        ``prior``: the version it replaces, as read (for the audit)."""
+        version = rendered.version
+        self.guard.require(CREATE if version.prior is None else UPDATE, version.type)
+        self._relations.before_change(self.uow, version)
+        self.uow.put(version)
+        self.audited.append((version, prior))
+        self._relations.changed(version)
+        self._written.setdefault((version.type, version.id), version.prior is None)
         if self.ctx.settings.enforce_references:
             self._collect_targets(rendered.version.content or b"")
         return rendered.stored

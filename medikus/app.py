@@ -1,35 +1,51 @@
 """The app factory: one FastAPI application with the record core at /fhir, health and readiness.
 
-Every response carries the security headers (security_headers.py); uvicorn's request log lines
-never hold a query string, since FHIR searches carry PHI there (OWASP ASVS 5.0 14.2.1).
+Every response carries the security headers (security_headers.py) and every client has rate
+limits (rate_limit.py); uvicorn's request log lines never hold a query string, since FHIR searches
+carry PHI there (OWASP ASVS 5.0 14.2.1).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from compliance._http import install_auth
+from compliance.auth import AuthServices
+from compliance.identity import AuthenticationFailed
+from compliance.principal import Principal, Unauthenticated
 from fhir_server.context import Settings
-from fhir_server.core import RecordCore
+from fhir_server.core import Authenticate, RecordCore
 from medikus import __version__
+from medikus.auth_setup import keyring as master_keys
+from medikus.auth_setup import open_auth
 from medikus.config import Config
+from medikus.rate_limit import Clock, MemoryBuckets, RateLimit, RedisBuckets
 from medikus.security_headers import ASGIApp, SecurityHeaders
 
 
 class _App(FastAPI):
     """FastAPI with its whole middleware stack inside the security headers: the error middleware
-    sits outside all user middleware, so only this way do 500 responses get the headers too."""
+    sits outside all user middleware, so only this way do 500 responses get the headers too.
+    ``limit`` (the rate limiter) wraps the stack just inside them: a 429 carries the headers."""
+
+    def __init__(self, *, limit: Callable[[ASGIApp], ASGIApp] | None = None, **kwargs: Any):
+        self._limit = limit
+        super().__init__(**kwargs)
 
     def build_middleware_stack(self) -> ASGIApp:
         docs = (self.docs_url, self.swagger_ui_oauth2_redirect_url)
-        return SecurityHeaders(
-            super().build_middleware_stack(), docs_paths=[p for p in docs if p is not None]
-        )
+        stack = super().build_middleware_stack()
+        if self._limit is not None:
+            stack = self._limit(stack)
+        return SecurityHeaders(stack, docs_paths=[p for p in docs if p is not None])
 
 
 class _NoQueryInLog(logging.Filter):
@@ -55,8 +71,44 @@ def _redact_server_log() -> None:
             logger.addFilter(_NoQueryInLog())
 
 
-def create_app(config: Config | None = None, record: RecordCore | None = None) -> FastAPI:
-    """Builds the application; ``record`` may be injected (tests), else opened from ``config``."""
+def _rate_limit(config: Config, clock: Clock | None) -> Callable[[ASGIApp], ASGIApp] | None:
+    if not config.rate_limit:
+        return None
+    buckets = RedisBuckets(config.redis_url) if config.redis_url else MemoryBuckets()
+    return partial(RateLimit, buckets=buckets, clock=clock)
+
+
+_security = logging.getLogger("medikus.security")
+
+
+def _security_log(kind: str, details: Mapping[str, Any]) -> None:
+    """Logins, logouts, token refusals… (OWASP ASVS 16.3.1); the details hold no secrets."""
+    _security.info("%s %s", kind, dict(details))
+
+
+def _authenticator(auth: AuthServices) -> Authenticate:
+    """The bearer-token check of the FHIR API, in the record core's terms."""
+
+    def authenticate(authorization: str | None, address: str | None) -> Principal:
+        try:
+            return auth.authenticate(authorization, address)
+        except AuthenticationFailed as failure:
+            raise Unauthenticated(failure.description, failure.error or "") from failure
+
+    return authenticate
+
+
+def create_app(
+    config: Config | None = None,
+    record: RecordCore | None = None,
+    *,
+    clock: Clock | None = None,
+    auth: AuthServices | None = None,
+) -> FastAPI:
+    """Builds the application; ``record`` may be injected (tests), else opened from ``config``;
+    ``clock`` (epoch microseconds) is the rate limits' time, the system clock by default.
+    ``auth`` (identity and the SMART authorization server) may be injected, else it is opened
+    from ``config`` with the record core (on the same database and master keys)."""
     config = config or Config()
     if record is None:
         settings = Settings(
@@ -68,22 +120,42 @@ def create_app(config: Config | None = None, record: RecordCore | None = None) -
             migrate=config.migrate,
             pool_size=config.pool_size,
             version=__version__,
+            # Always encrypted at rest (fhir_server/encryption.py): no keys, no start.
+            keyring=master_keys(config),
+            audit=True,
         )
         record.warm_up()
+        auth = auth or open_auth(config)
     core = record
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # Every worker runs a dispatcher; one per database delivers, the others stand by.
+        # Every worker runs a dispatcher and an audit chainer; one of each per database works,
+        # the others stand by.
         core.start_notifications()
+        core.start_audit()
         yield
         await run_in_threadpool(core.stop_notifications)
+        await run_in_threadpool(core.stop_audit)
         core.close()
+        if auth is not None:
+            auth.close()
 
     _redact_server_log()
     # ReDoc would need Google Fonts and inline styles in its CSP; Swagger UI at /docs suffices.
-    app = _App(title="Medi-KUS", version=__version__, lifespan=lifespan, redoc_url=None)
-    core.install(app)
+    app = _App(
+        title="Medi-KUS",
+        version=__version__,
+        lifespan=lifespan,
+        redoc_url=None,
+        limit=_rate_limit(config, clock),
+    )
+    if auth is not None:
+        auth.events.connect(_security_log)
+        core.install(app, authenticate=_authenticator(auth))
+        install_auth(app, auth)
+    else:
+        core.install(app)  # an injected record core without identity: tests acting as the system
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
@@ -98,4 +170,5 @@ def create_app(config: Config | None = None, record: RecordCore | None = None) -
         return JSONResponse({"status": "ready", "database": "ok"})
 
     app.state.record = core
+    app.state.auth = auth
     return app

@@ -6,13 +6,22 @@ import os
 import subprocess  # nosec B404 # runs only our own server (demo)
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 import httpx
 from tqdm import tqdm
 
+from compliance.keyring import KeyringError
+from medikus.admin import admin as admin_group
+from medikus.audit_cli import audit as audit_group
+from medikus.auth_setup import SystemTokens, ensure_demo_keys, open_auth
+from medikus.auth_setup import keyring as master_keys
+from medikus.backup import backup, restore
 from medikus.config import Config
+from medikus.keys_cli import activate_master_key, rewrap, rotate_master_key
+from medikus.rights_cli import register as register_rights
 
 
 @click.group()
@@ -40,6 +49,12 @@ def serve(host: str, port: int, workers: int, database_url: str | None) -> None:
         os.environ["MEDIKUS_DATABASE_URL"] = database_url
     url = Config().resolved_database_url()
     os.environ["MEDIKUS_DATABASE_URL"] = url
+    try:  # H2: the record is encrypted at rest: no master keys, no start
+        master_keys(Config())
+    except KeyringError as exc:
+        raise click.ClickException(
+            f"{exc}\nSchlüssel anlegen mit / create keys with: medikus admin init-keys"
+        ) from exc
     try:
         RecordCore.migrate(url)  # once, before the workers start
     except Exception as exc:
@@ -65,19 +80,32 @@ def serve(host: str, port: int, workers: int, database_url: str | None) -> None:
 @click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--url", default="http://127.0.0.1:8000/fhir", show_default=True)
 @click.option("--workers", default=4, show_default=True, type=int)
-def load_command(files: tuple[Path, ...], url: str, workers: int) -> None:
+@click.option(
+    "--token",
+    envvar="MEDIKUS_TOKEN",
+    help="Bearer token (e.g. from `medikus admin token --scope 'system/*.cu'`); default: one "
+    "minted from this machine's key file for the configured server.",
+)
+def load_command(files: tuple[Path, ...], url: str, workers: int, token: str | None) -> None:
     """Loads transaction bundles (default: the Synthea demo patients)."""
-    _load(url, list(files) or None, workers)
+    _load(url, list(files) or None, workers, (lambda: token) if token else _system_tokens())
 
 
-def _load(url: str, files: list[Path] | None, workers: int) -> None:
+def _system_tokens() -> Callable[[], str]:
+    """Tokens of this machine's own admin client for the configured server."""
+    return SystemTokens(lambda: open_auth(Config())).value
+
+
+def _load(
+    url: str, files: list[Path] | None, workers: int, token: Callable[[], str] | None
+) -> None:
     from medikus.loader import load, synthea_bundles
 
     paths = files or synthea_bundles()
     failed = 0
     with tqdm(total=len(paths), unit="Bündel", desc="Lade Patientendaten") as bar:
         try:
-            for result in load(url, paths, workers=workers):
+            for result in load(url, paths, workers=workers, token=token):
                 if result.status != 200:
                     failed += 1
                     tqdm.write(f"{result.path.name}: HTTP {result.status} {result.detail}")
@@ -94,9 +122,13 @@ def _load(url: str, files: list[Path] | None, workers: int) -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 def demo(port: int) -> None:
     """Starts the whole system on embedded SQLite with demo data."""
+    base = f"http://127.0.0.1:{port}"
+    os.environ.setdefault("MEDIKUS_PUBLIC_URL", base)  # the tokens' issuer and audience
     config = Config()
     url = config.resolved_database_url()
-    base = f"http://127.0.0.1:{port}"
+    key_file, created = ensure_demo_keys(config)  # identity and tokens need master keys
+    if created:
+        click.echo(f"Schlüsseldatei angelegt / key file created: {key_file}")
     server = subprocess.Popen(  # nosec B603 # fixed argv: this interpreter running `medikus serve`
         [
             sys.executable,
@@ -113,8 +145,9 @@ def demo(port: int) -> None:
     )
     try:
         _wait_ready(base, server)
-        if _patient_count(base) == 0:
-            _load(f"{base}/fhir", None, workers=4)
+        tokens = _system_tokens()
+        if _patient_count(base, tokens()) == 0:
+            _load(f"{base}/fhir", None, 4, tokens)
         click.echo(f"""
 Medi-KUS läuft / is running (Datenbank: {url})
   FHIR-Schnittstelle:  {base}/fhir
@@ -148,7 +181,24 @@ def _wait_ready(base: str, server: subprocess.Popen[bytes], timeout: float = 60)
     )
 
 
-def _patient_count(base: str) -> int:
-    response = httpx.get(f"{base}/fhir/Patient", params={"_count": "0"}, timeout=30)
+def _patient_count(base: str, token: str) -> int:
+    response = httpx.get(
+        f"{base}/fhir/Patient",
+        params={"_count": "0"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
     response.raise_for_status()
     return int(response.json().get("total", 0))
+
+
+# Command groups defined in their own modules: audit trail, administration (keys,
+# organisations, accounts, SMART clients, tokens, master-key rotation), encrypted backups, and
+# the rights of patients (retention, exports).
+main.add_command(audit_group)
+main.add_command(admin_group)
+main.add_command(backup)
+main.add_command(restore)
+for _command in (rotate_master_key, activate_master_key, rewrap):
+    admin_group.add_command(_command)
+register_rights(main)

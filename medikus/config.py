@@ -21,6 +21,20 @@ class Config(BaseSettings):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     enforce_references: bool = Field(default=True, description="References must resolve on write.")
     pool_size: int = Field(default=10, gt=0)
+    # Rate limits (medikus/rate_limit.py): shared by all workers through Redis when it is set.
+    rate_limit: bool = Field(default=True, description="Rate limits per client (429).")
+    redis_url: str | None = Field(
+        default=None, description="redis://…: rate-limit state shared by all workers and hosts."
+    )
+    # Identity and authorization (medikus/auth_setup.py, compliance/auth.py).
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="The URL clients reach this server at (token issuer; FHIR base = …/fhir).",
+    )
+    key_file: Path | None = Field(
+        default=None,
+        description="The master key file (mode 600, outside git); default: data_dir/keys.json.",
+    )
 
     def resolved_database_url(self) -> str:
         if self.database_url:

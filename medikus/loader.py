@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -59,25 +60,47 @@ class LoadError(Exception):
     """A bundle was refused by the server."""
 
 
-def post_bundle(client: httpx.Client, bundle: dict[str, Any]) -> httpx.Response:
-    return client.post(
-        "/",
-        content=orjson.dumps(bundle),
-        headers={"Content-Type": "application/fhir+json", "Prefer": "return=minimal"},
-    )
+MAX_THROTTLED_RETRIES = 20
+
+
+def post_bundle(
+    client: httpx.Client, bundle: dict[str, Any], token: Callable[[], str] | None = None
+) -> httpx.Response:
+    """Posts a transaction; waits out rate limits (429, Retry-After) instead of failing."""
+    body = orjson.dumps(bundle)
+    for _ in range(MAX_THROTTLED_RETRIES):
+        headers = {"Content-Type": "application/fhir+json", "Prefer": "return=minimal"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token()}"
+        response = client.post("/", content=body, headers=headers)
+        if response.status_code != 429:
+            return response
+        time.sleep(_retry_after(response))
+    return response
+
+
+def _retry_after(response: httpx.Response) -> float:
+    value = response.headers.get("retry-after", "")
+    return min(float(value), 60.0) if value.isdigit() else 1.0
 
 
 def load(
-    base_url: str, paths: Iterable[Path], *, workers: int = 2, timeout: float = 300
+    base_url: str,
+    paths: Iterable[Path],
+    *,
+    workers: int = 2,
+    timeout: float = 300,
+    token: Callable[[], str] | None = None,
 ) -> Iterator[LoadResult]:
-    """Posts each bundle as a transaction, ``workers`` at a time; yields results as they finish."""
+    """Posts each bundle as a transaction, ``workers`` at a time; yields results as they finish.
+    ``token`` supplies the bearer token for each request (fresh ones as they expire)."""
     # No keep-alive: a fresh connection per bundle is taken by whichever server worker is idle.
     limits = httpx.Limits(max_keepalive_connections=0)
     with httpx.Client(base_url=base_url, timeout=timeout, limits=limits) as client:
 
         def one(path: Path) -> LoadResult:
             bundle = read_bundle(path)
-            response = post_bundle(client, bundle)
+            response = post_bundle(client, bundle, token)
             detail = "" if response.status_code == 200 else response.text[:500]
             return LoadResult(path, len(bundle.get("entry", [])), response.status_code, detail)
 

@@ -10,6 +10,11 @@ middleware (500) carry the headers as well. Websocket handshakes pass through un
   small images and fonts as ``data:`` URLs. No framing (clickjacking), no plugins, no ``<base>``.
 - Strict-Transport-Security (RFC 6797) only on requests that arrived over HTTPS, directly or
   through the TLS-terminating proxy (``X-Forwarded-Proto``); browsers ignore it over HTTP anyway.
+- No framing anywhere: ``X-Frame-Options: DENY``, and ``frame-ancestors 'none'`` is added to a CSP
+  the app set itself when that policy does not say otherwise.
+- Cookies (BSI TR-03161-2 O.Data_16/17): every ``Set-Cookie`` gets ``HttpOnly``, ``SameSite=Lax``
+  and, over HTTPS, ``Secure`` unless it states them itself: a safety net under the login pages,
+  which set their own (stricter) attributes.
 - ``Cache-Control: no-store`` on every FHIR response: PHI must not stay in shared or browser
   caches (RFC 9111 §5.2.2.5). Other responses get it unless they chose their own caching.
 - ``X-Request-Id``: a well-formed incoming id is kept, otherwise a UUID is generated; the app sees
@@ -41,6 +46,8 @@ _COMMON: Final = (
     (b"referrer-policy", b"no-referrer"),
     (b"permissions-policy", PERMISSIONS_POLICY),
     (b"cross-origin-opener-policy", b"same-origin"),
+    # No other site may embed our responses (no-cors loads; CORS fetches are unaffected).
+    (b"cross-origin-resource-policy", b"same-origin"),
     # frame-ancestors supersedes it; kept for browsers without CSP Level 2.
     (b"x-frame-options", b"DENY"),
 )
@@ -136,7 +143,9 @@ def _secured(
     """The response headers with the security headers added; a header the app set itself wins,
     except that FHIR responses are never cacheable and the request id is always the effective one."""
     drop = {b"x-request-id", b"cache-control"} if fhir else {b"x-request-id"}
-    result: Headers = [(n, v) for n, v in headers if n.lower() not in drop]
+    result: Headers = [
+        (n, _hardened(n.lower(), v, https)) for n, v in headers if n.lower() not in drop
+    ]
     present = {n.lower() for n, _ in result}
     extra: Headers = [*_COMMON, (b"content-security-policy", csp), (b"cache-control", b"no-store")]
     if https:
@@ -144,3 +153,24 @@ def _secured(
     result.extend((n, v) for n, v in extra if n not in present)
     result.append((b"x-request-id", request_id))
     return result
+
+
+def _hardened(name: bytes, value: bytes, https: bool) -> bytes:
+    """An app-set CSP without ``frame-ancestors`` gets ``'none'``; a cookie gets the attributes
+    it lacks (attribute names are case-insensitive, RFC 6265 §5.2)."""
+    if name == b"content-security-policy" and b"frame-ancestors" not in value.lower():
+        return value.rstrip(b"; ") + b"; frame-ancestors 'none'"
+    if name != b"set-cookie":
+        return value
+    attributes = {a.split(b"=")[0].strip().lower() for a in value.split(b";")[1:]}
+    for attribute, add in ((b"httponly", True), (b"samesite", True), (b"secure", https)):
+        if add and attribute not in attributes:
+            value += _COOKIE_ATTRIBUTES[attribute]
+    return value
+
+
+_COOKIE_ATTRIBUTES: Final = {
+    b"httponly": b"; HttpOnly",
+    b"samesite": b"; SameSite=Lax",
+    b"secure": b"; Secure",
+}

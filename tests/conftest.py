@@ -21,12 +21,19 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import settings
 
+from compliance.keyring import ENV_KEYS, Keyring, generate_key_file
 from fhir_server.context import Settings
 from fhir_server.core import RecordCore
 from medikus.app import create_app
+from medikus.auth_setup import SystemTokens
+from medikus.auth_setup import keyring as master_keys
+from medikus.config import Config
 
 PG_DSN = os.environ.get("MEDIKUS_TEST_PG", "postgresql://127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# Rate limits have their own tests (tests/medikus/test_rate_limit.py switches them on); the
+# other tests send bursts a real client would spread out.
+os.environ.setdefault("MEDIKUS_RATE_LIMIT", "false")
 ROOT = Path(__file__).resolve().parent.parent
 _pg_missing: list[str] = []
 
@@ -106,10 +113,28 @@ def clock() -> Clock:
     return Clock()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def keyring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keyring]:
+    """The master keys of this test session (encryption at rest), in a key file outside the
+    repository; server processes find it through MEDIKUS_KEY_FILE (unless keys are given)."""
+    if os.environ.get("MEDIKUS_KEY_FILE") or os.environ.get(ENV_KEYS):
+        yield master_keys(Config())
+        return
+    path = tmp_path_factory.mktemp("keys") / "keys.json"
+    os.environ["MEDIKUS_KEY_FILE"] = str(path)
+    try:
+        yield generate_key_file(path)
+    finally:
+        os.environ.pop("MEDIKUS_KEY_FILE", None)
+
+
 @pytest.fixture
-def record(database_url: str, clock: Clock) -> Iterator[RecordCore]:
+def record(database_url: str, clock: Clock, keyring: Keyring) -> Iterator[RecordCore]:
     core = RecordCore.open(
-        database_url, clock=clock, settings=Settings(max_body_bytes=2 * 1024 * 1024)
+        database_url,
+        clock=clock,
+        settings=Settings(max_body_bytes=2 * 1024 * 1024),
+        keyring=keyring,
     )
     yield core
     core.close()
@@ -128,7 +153,8 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``medikus serve`` as a real process (uvicorn workers), for crash and client tests."""
+    """``medikus serve`` as a real process (uvicorn workers), for crash and client tests.
+    ``auth`` signs requests with a system token (``httpx.Client(auth=server.auth)``)."""
 
     def __init__(
         self, database_url: str, workers: int = 1, env: dict[str, str] | None = None
@@ -137,8 +163,10 @@ class ServerProcess:
         self.base = f"http://127.0.0.1:{self.port}"
         self.database_url = database_url
         self.workers = workers
-        self.env = {**os.environ, **(env or {})}
+        # The tokens' issuer and audience are the server's public address.
+        self.env = {**os.environ, "MEDIKUS_PUBLIC_URL": self.base, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
+        self.auth = SystemTokens.for_server(database_url, self.base)
 
     def start(self) -> ServerProcess:
         self.process = subprocess.Popen(

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from fhir_server.criteria import (
+    AllOf,
     AnyOf,
     Bound,
     Chain,
     Criterion,
+    Granted,
     Has,
     Ids,
     InList,
@@ -36,6 +38,8 @@ from fhir_server.criteria import (
     Token,
     Value,
 )
+from fhir_server.errors import Category, FhirError  # H2: protected index values
+from fhir_server.protection import SearchTokens, context, protected  # H2
 
 _TABLES: Final = {
     "token": "ix_token",  # nosec B105 # a table name, not a password
@@ -57,6 +61,23 @@ _EARTH_KM: Final = 6371.0088
 class Statement:
     sql: str
     params: dict[str, Any]
+    # H2: conditions on protected index values; the store renders them (see ``render``).
+    protected: tuple[Protected, ...] = ()
+
+    def render(self, tokens: SearchTokens | None) -> Statement:
+        """The statement the store runs: protected values looked up as the blind-index
+        ``tokens`` of a store with keys, or in plain form (``None``: a store without keys)."""
+        if not self.protected:
+            rendered = self
+        else:
+            c = Compiler(dict(self.params))
+            sql = self.sql
+            for p in self.protected:
+                sql = sql.replace(p.marker, p.plain if tokens is None else _blind(c, p, tokens))
+            rendered = Statement(sql, c.params)
+        if _MARKER in rendered.sql:  # SQL of one Compiler pasted into another's statement
+            raise RuntimeError("a protected search condition lost its statement (search/sql.py)")
+        return rendered
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +95,7 @@ class Compiler:
 
     params: dict[str, Any] = field(default_factory=dict)
     _aliases: int = 0
+    protected: list[Protected] = field(default_factory=list)  # H2
 
     def bind(self, value: Any) -> str:
         name = f"p{len(self.params)}"
@@ -85,7 +107,7 @@ class Compiler:
         return f"a{self._aliases}"
 
     def statement(self, sql: str) -> Statement:
-        return Statement(sql, dict(self.params))
+        return Statement(sql, dict(self.params), tuple(self.protected))
 
     # -- criteria ---------------------------------------------------------------------------
 
@@ -100,7 +122,7 @@ class Compiler:
     def probe(self, type: str, criterion: Match, r: str) -> str:
         a = self.alias()
         table = _TABLES[criterion.kind]
-        values = _any(self.value(a, criterion, v) for v in criterion.values)
+        values = _any(self.value(a, criterion, v, type) for v in criterion.values)
         return (
             f"EXISTS (SELECT 1 FROM {table} {a} /*+INDEXED BY {table}_resource*/ "  # nosec B608 # fixed names, bound values (module docstring)
             f"WHERE {a}.res_type = {self.bind(type)} AND {a}.res_id = {r}.res_id "
@@ -122,6 +144,8 @@ class Compiler:
             return _any(self.bound(column, column, column, v, "date") for v in criterion.values)
         if isinstance(criterion, AnyOf):
             return _any(self.condition(type, c, r, probe=probe) for c in criterion.criteria)
+        if isinstance(criterion, AllOf):
+            return _all(self.condition(type, c, r, probe=probe) for c in criterion.criteria)
         if isinstance(criterion, Not):
             return f"NOT ({self.condition(type, criterion.criterion, r, probe=probe)})"
         if isinstance(criterion, Missing):
@@ -145,7 +169,7 @@ class Compiler:
                 return self._composite(type, criterion)
             a = self.alias()
             table = _TABLES[criterion.kind]
-            values = _any(self.value(a, criterion, v) for v in criterion.values)
+            values = _any(self.value(a, criterion, v, type) for v in criterion.values)
             return (
                 f"SELECT {a}.res_id FROM {table} {a}{_lookup(table)} "  # nosec B608 # fixed names, bound values (module docstring)
                 f"WHERE {a}.res_type = {self.bind(type)} "
@@ -181,6 +205,15 @@ class Compiler:
                 f"AND {a}.param = 'item' AND {a}.res_id IN ({lists}) "
                 f"AND {a}.target_type = {self.bind(type)}"
             )
+        if isinstance(criterion, Granted):
+            return self.granted(criterion)
+        if isinstance(criterion, AllOf) and any(_positive(x) for x in criterion.criteria):
+            # Driven by a positive member's index lookup; the others probe each candidate.
+            driver = min((x for x in criterion.criteria if _positive(x)), key=_selectivity_rank)
+            rest = [x for x in criterion.criteria if x is not driver]
+            d = self.alias()
+            where = " AND ".join(self.conditions(type, rest, d, probe=True)) or "1 = 1"
+            return f"SELECT {d}.res_id FROM ({self.ids(type, driver)}) {d} WHERE {where}"  # nosec B608 # fixed names, bound values (module docstring)
         if isinstance(criterion, AnyOf) and _positive(criterion):
             return " UNION ".join(self.ids(type, x) for x in criterion.criteria)
         # Negations, id lists and other alternatives: through the resource table.
@@ -188,6 +221,18 @@ class Compiler:
         return (
             f"SELECT {x}.res_id FROM resource {x} WHERE {x}.res_type = {self.bind(type)} "  # nosec B608 # fixed names, bound values (module docstring)
             f"AND {x}.deleted = {self.bind(False)} AND {self.condition(type, criterion, x)}"
+        )
+
+    def granted(self, criterion: Granted) -> str:
+        """Ids of the patients whose records the grantees may see (rows of ``access_grant``)."""
+        g = self.alias()
+        grantees = ", ".join(self.bind(x) for x in criterion.grantees) or "NULL"
+        at = self.bind(criterion.at)
+        return (
+            f"SELECT {g}.patient_id AS res_id FROM access_grant {g} "  # nosec B608 # fixed names, bound values (module docstring)
+            f"WHERE {g}.grantee IN ({grantees}) "
+            f"AND {g}.res_class IN ('*', {self.bind(criterion.for_type)}) "
+            f"AND {g}.valid_from <= {at} AND ({g}.valid_until IS NULL OR {g}.valid_until > {at})"
         )
 
     def _composite(self, type: str, criterion: Match) -> str:
@@ -207,7 +252,8 @@ class Compiler:
         for value in criterion.values:
             assert isinstance(value, tuple)
             parts = [
-                self.value(a, Match(criterion.param, kind, None, ()), part)
+                # Component rows are never protected (fhir_server/protection.py): no type.
+                self.value(a, Match(criterion.param, kind, None, ()), part, "")
                 for a, kind, part in zip(aliases, criterion.components, value, strict=True)
             ]
             alternatives.append(_all(parts))
@@ -219,7 +265,19 @@ class Compiler:
 
     # -- values -----------------------------------------------------------------------------
 
-    def value(self, a: str, criterion: Match, value: Value) -> str:
+    def value(self, a: str, criterion: Match, value: Value, type: str) -> str:
+        """The condition on index row ``a`` for one search value of ``criterion`` on ``type``."""
+        # H2: identifying values are blind-index tokens in a store with keys: deferred to it.
+        if protected(type, criterion.param, criterion.kind):
+            return self._protect(self.plain_value(a, criterion, value), a, type, criterion, value)
+        return self.plain_value(a, criterion, value)
+
+    def _protect(self, plain: str, a: str, type: str, criterion: Match, value: Value | None) -> str:
+        marker = f"{_MARKER}{len(self.protected)}*/"
+        self.protected.append(Protected(marker, plain, a, type, criterion, value))
+        return marker
+
+    def plain_value(self, a: str, criterion: Match, value: Value) -> str:
         kind = criterion.kind
         if kind == "token":
             assert isinstance(value, Token)
@@ -373,11 +431,14 @@ class Compiler:
         }[key.kind]
         a = self.alias()
         aggregate = "MAX" if key.descending else "MIN"
-        return (
+        expression = (
             f"(SELECT {aggregate}({a}.{column}) FROM {_TABLES[key.kind]} {a} "  # nosec B608 # fixed names, bound values (module docstring)
             f"WHERE {a}.res_type = {self.bind(type)} AND {a}.res_id = {r}.res_id "
             f"AND {a}.param = {self.bind(key.param)})"
         )
+        if protected(type, key.param, key.kind):  # H2: tokens have no order to sort by
+            return self._protect(expression, a, type, Match(key.param, key.kind, "sort", ()), None)
+        return expression
 
 
 def _any(parts: Any) -> str:
@@ -475,6 +536,7 @@ def _positive(criterion: Criterion) -> bool:
         return criterion.modifier != "not"
     if isinstance(criterion, AnyOf):
         return bool(criterion.criteria) and all(_positive(x) for x in criterion.criteria)
+    # Not Granted: a grant may name a patient that has since been deleted.
     return isinstance(criterion, Chain)
 
 
@@ -665,3 +727,115 @@ def references_statement(keys: Sequence[tuple[str, str]]) -> Statement:
         for t, ids in by_type.items()
     ]
     return c.statement(" UNION ".join(parts))
+
+
+# -- protected index values (H2: encryption at rest, fhir_server/protection.py) ---------------
+# A condition on a protected parameter is compiled twice over: its plain form now, and the
+# blind-index form by the store that holds the keys (Statement.render), which looks up the tokens
+# of every key version in its keyring. SQL text stays key-free; the tokens are bound values.
+
+
+_MARKER: Final = "/*protected:"
+
+
+@dataclass(frozen=True, slots=True)
+class Protected:
+    """A condition on index row ``alias`` (or, modifier "sort", a sort key) whose values are
+    blind-index tokens in a store with keys; ``marker`` stands for it in the statement's SQL."""
+
+    marker: str
+    plain: str
+    alias: str
+    type: str
+    criterion: Match
+    value: Value | None
+
+
+def _blind(c: Compiler, p: Protected, tokens: SearchTokens) -> str:
+    criterion, where = p.criterion, context(p.type, p.criterion.param)
+    if criterion.modifier == "sort":
+        raise FhirError(
+            Category.NOT_SUPPORTED,
+            f"Sorting by '{criterion.param}' is not available: {p.type}.{criterion.param} is "
+            "stored as keyed search tokens, which have no order (encryption at rest).",
+            expression=("_sort",),
+        )
+    if criterion.kind == "string":
+        assert isinstance(p.value, str)
+        return _blind_string(c, p, where, p.value, tokens)
+    if criterion.kind == "token":
+        assert isinstance(p.value, Token)
+        return _blind_token(c, p, where, p.value, tokens)
+    assert criterion.kind == "text" and isinstance(p.value, str)
+    if not p.value.split():
+        return p.plain  # no words: every row, as in plain form
+    alternatives = tokens.word_search(where, p.value)
+    if not alternatives:
+        return "1 = 0"
+    # A row holds " <version>. t1 t2 … " (protection.py): a token has a space either side.
+    return _all(
+        _any(f"{p.alias}.value LIKE {c.bind(_like(f' {t} '))} ESCAPE '\\'" for t in found)
+        for found in alternatives
+    )
+
+
+def _blind_string(c: Compiler, p: Protected, where: str, value: str, tokens: SearchTokens) -> str:
+    a, param = p.alias, p.criterion.param
+    if p.criterion.modifier == "contains":
+        raise FhirError(
+            Category.NOT_SUPPORTED,
+            f"':contains' is not available for protected fields: {p.type}.{param} is stored as "
+            "keyed word-prefix tokens (encryption at rest); search by the start of words.",
+            expression=(f"{param}:contains",),
+        )
+    if p.criterion.modifier == "exact":
+        return f"{a}.value IN ({_binds(c, tokens.equality_search(where, value))})"
+    if not value:
+        return p.plain
+    try:
+        query = tokens.prefix_search(where, value)
+    except ValueError:  # no letter or digit: no word can start with it
+        return "1 = 0"
+    first, *others = query.words
+    # Every word must start some word of the parameter's values: the first one on this row,
+    # the others on any row of the same resource.
+    parts = [f"{a}.value IN ({_binds(c, first)})"]
+    for n, found in enumerate(others, 1):
+        b = f"{a}w{n}"
+        parts.append(
+            f"{a}.res_id IN (SELECT {b}.res_id FROM ix_string {b} "  # nosec B608 # fixed names, bound values (module docstring)
+            f"WHERE {b}.res_type = {c.bind(p.type)} AND {b}.param = {c.bind(param)} "
+            f"AND {b}.value IN ({_binds(c, found)}))"
+        )
+    return _all(parts)
+
+
+def _blind_token(c: Compiler, p: Protected, where: str, value: Token, tokens: SearchTokens) -> str:
+    a, modifier = p.alias, p.criterion.modifier
+    if modifier == "text":
+        return p.plain  # the text column of these rows stays in clear (a type's text)
+    if modifier == "of-type":
+        assert value.value is not None
+        return _all(
+            [
+                f"{a}.system = {c.bind(value.system)}",
+                f"{a}.code = {c.bind(value.code)}",
+                f"{a}.text IN ({_binds(c, tokens.equality_search(where, value.value))})",
+            ]
+        )
+    parts = [
+        f"{a}.code IN ({_binds(c, tokens.equality_search(where, value.code))})"
+        if value.code is not None
+        else f"{a}.code IS NOT NULL"
+    ]
+    if value.system_given:
+        parts.append(
+            f"{a}.system = {c.bind(value.system)}"
+            if value.system is not None
+            else f"{a}.system IS NULL"
+        )
+    return _all(parts)
+
+
+def _binds(c: Compiler, values: Sequence[str]) -> str:
+    return ", ".join(c.bind(v) for v in values)

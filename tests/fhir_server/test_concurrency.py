@@ -48,7 +48,9 @@ def server(
 
 def clients(server: ServerProcess, n: int) -> list[httpx.Client]:
     """One client (own connection pool) per writer thread."""
-    return [httpx.Client(base_url=f"{server.base}/fhir", timeout=60) for _ in range(n)]
+    return [
+        httpx.Client(base_url=f"{server.base}/fhir", timeout=60, auth=server.auth) for _ in range(n)
+    ]
 
 
 def at_once(tasks: list[Callable[[], T]]) -> list[T]:

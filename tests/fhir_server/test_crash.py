@@ -78,9 +78,9 @@ class Stream:
             return self.lock.wait_for(lambda: len(self.answered) >= answers, timeout)
 
 
-def send(base: str, stream: Stream) -> None:
+def send(server: ServerProcess, stream: Stream) -> None:
     """Sends transactions until the server dies (connection errors end the client)."""
-    with httpx.Client(base_url=base, timeout=30) as client:
+    with httpx.Client(base_url=server.base, timeout=30, auth=server.auth) as client:
         for _ in range(MAX_PER_CLIENT):
             if stream.stop.is_set():
                 return
@@ -113,10 +113,13 @@ def count(client: httpx.Client, **params: str) -> int:
     return int(response.json()["total"])
 
 
-def seed(base: str) -> None:
+def seed(server: ServerProcess) -> None:
     patient: dict[str, Any] = {"resourceType": "Patient", "id": "crash"}
     response = httpx.put(
-        f"{base}/fhir/Patient/crash", content=orjson.dumps(patient), headers=FHIR_JSON
+        f"{server.base}/fhir/Patient/crash",
+        content=orjson.dumps(patient),
+        headers=FHIR_JSON,
+        auth=server.auth,
     )
     assert response.status_code == 201, response.text
 
@@ -125,11 +128,11 @@ def test_kill_leaves_no_partial_transaction(
     database_url: str, restartable: list[ServerProcess]
 ) -> None:
     server = start(restartable, database_url)
-    seed(server.base)
+    seed(server)
     stream = Stream()
     kill_after = random.randint(4, 12)
     with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
-        senders = [pool.submit(send, server.base, stream) for _ in range(CLIENTS)]
+        senders = [pool.submit(send, server, stream) for _ in range(CLIENTS)]
         assert stream.wait_for(kill_after, timeout=40), stream.failed
         server.kill()
         stream.stop.set()
@@ -140,7 +143,7 @@ def test_kill_leaves_no_partial_transaction(
     assert unanswered, "no transaction was in flight at the kill"
 
     restarted = start(restartable, database_url)
-    with httpx.Client(base_url=restarted.base, timeout=30) as client:
+    with httpx.Client(base_url=restarted.base, timeout=30, auth=restarted.auth) as client:
         found = {n: count(client, identifier=f"{SYSTEM}|{n}") for n in sorted(stream.sent)}
         stored = count(client)
     partial = {n: c for n, c in found.items() if c not in (0, size_of(n))}

@@ -27,13 +27,17 @@ SYSTEM = "urn:oid:1.2.276.0.76.4.8"  # a KVNR-like identifier system
 
 @pytest.fixture
 def fhir(server: ServerProcess) -> SyncFHIRClient:
-    return SyncFHIRClient(f"{server.base}/fhir", requests_config={"timeout": 30})
+    return SyncFHIRClient(
+        f"{server.base}/fhir",
+        authorization=f"Bearer {server.auth.value()}",
+        requests_config={"timeout": 30},
+    )
 
 
 @pytest.fixture
 def http(server: ServerProcess) -> Iterator[httpx.Client]:
     """Plain HTTP next to fhirpy, for what it does not expose (headers, vread)."""
-    with httpx.Client(base_url=f"{server.base}/fhir", timeout=30) as client:
+    with httpx.Client(base_url=f"{server.base}/fhir", timeout=30, auth=server.auth) as client:
         yield client
 
 

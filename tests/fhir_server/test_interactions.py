@@ -280,6 +280,14 @@ def test_capability_statement_lists_what_is_implemented(client: TestClient) -> N
             "name": "everything",
             "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
         },
+        {
+            "name": "record-export",
+            "definition": "https://medi-kus.de/fhir/OperationDefinition/Patient-record-export",
+        },
+        {
+            "name": "break-glass",
+            "definition": "https://medi-kus.de/fhir/OperationDefinition/Patient-break-glass",
+        },
     ]
     assert "identifier" in {p["name"] for p in patient_caps["searchParam"]}
 

@@ -177,7 +177,9 @@ def put(client: httpx.Client, resource: dict[str, Any]) -> int:
 
 
 def fhir_client(server: ServerProcess) -> httpx.Client:
-    return httpx.Client(base_url=f"{server.base}/fhir/", timeout=30, headers=FHIR_JSON)
+    return httpx.Client(
+        base_url=f"{server.base}/fhir/", timeout=30, headers=FHIR_JSON, auth=server.auth
+    )
 
 
 def first_receipts(hits: list[Hit]) -> dict[str, list[int]]:
@@ -198,7 +200,7 @@ class Writer:
     """Updates a few watched Observations (and unwatched ones) until told to stop; survives the
     server's death by retrying against whatever server is current."""
 
-    base: str
+    server: ServerProcess
     ids: tuple[str, ...] = tuple(f"watched-{k}" for k in range(4))
     answered: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
@@ -211,7 +213,10 @@ class Writer:
             watched = observation(WATCHED, self.ids[n % len(self.ids)], value=n)
             unwatched = observation(OTHER, f"unwatched-{n % 2}", value=n)
             try:
-                with httpx.Client(base_url=f"{self.base}/fhir/", timeout=10) as client:
+                server = self.server
+                with httpx.Client(
+                    base_url=f"{server.base}/fhir/", timeout=10, auth=server.auth
+                ) as client:
                     put(client, watched)
                     put(client, unwatched)
             except httpx.TransportError:
@@ -241,7 +246,7 @@ def test_every_committed_version_arrives_in_order_across_a_kill(
             created = post(client, "Subscription", subscription(subscriber.url))
         assert created["status"] == "active"
 
-        writer = Writer(server.base)
+        writer = Writer(server)
         thread = threading.Thread(target=writer.run)
         thread.start()
         try:
@@ -249,7 +254,7 @@ def test_every_committed_version_arrives_in_order_across_a_kill(
             server.kill()  # SIGKILL to every process: no graceful shutdown
             in_flight = subscriber.hits[7].version()
             server = start(servers, database_url, workers=2)
-            writer.base = server.base
+            writer.server = server
             writer.wait_for(writer.answered + 10, timeout=30)
         finally:
             writer.stop.set()
@@ -481,7 +486,11 @@ def test_websocket_bind_and_ping(database_url: str, servers: list[ServerProcess]
     with fhir_client(server) as client:
         sub = post(client, "Subscription", subscription(None, channel={"type": "websocket"}))
         url = server.base.replace("http://", "ws://") + "/fhir/ws"
-        with connect(url) as a, connect(url) as b:
+        headers = server.auth.header()
+        with (
+            connect(url, additional_headers=headers) as a,
+            connect(url, additional_headers=headers) as b,
+        ):
             a.send(f"bind {sub['id']}")
             assert a.recv(timeout=10) == f"bound {sub['id']}"
             b.send("subscribe me")

@@ -9,6 +9,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from compliance.keyring import Keyring
 from fhir_server.core import RecordCore
 from fhir_server.request import FhirRequest
 from fhir_server.search.sql import Statement
@@ -57,13 +58,18 @@ def bundle() -> dict[str, Any]:
 
 
 def test_conditional_create_that_appears_meanwhile_is_used_not_duplicated(
-    record: RecordCore, client: TestClient, database_url: str, monkeypatch: pytest.MonkeyPatch
+    record: RecordCore,
+    client: TestClient,
+    database_url: str,
+    keyring: Keyring,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Fault injected: another writer creates the matching Organization right after the
     transaction's early (lock-free) match saw none; under the lock the transaction must notice,
     start over, and link to that Organization instead of creating a second one."""
     store = record.ctx.store
-    other_worker = RecordCore.open(database_url)  # another server process on the same database
+    # Another server process on the same database.
+    other_worker = RecordCore.open(database_url, keyring=keyring)
     original: Callable[[Statement], list[tuple[Any, ...]]] = store.select
     raced: list[str] = []
 

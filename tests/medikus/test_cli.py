@@ -23,6 +23,7 @@ import orjson
 import psycopg
 import pytest
 
+from medikus.auth_setup import SystemTokens
 from medikus.loader import read_bundle, synthea_bundles
 from tests.conftest import ServerProcess, _pg_schema_url, free_port
 
@@ -44,15 +45,15 @@ def assert_healthy(base: str) -> None:
     assert ready.status_code == 200 and ready.json()["database"] == "ok"
 
 
-def create_patient(base: str, family: str) -> str:
+def create_patient(base: str, family: str, auth: httpx.Auth) -> str:
     body = orjson.dumps({"resourceType": "Patient", "name": [{"family": family}]})
-    response = httpx.post(f"{base}/fhir/Patient", content=body, headers=FHIR, timeout=30)
+    response = httpx.post(f"{base}/fhir/Patient", content=body, headers=FHIR, timeout=30, auth=auth)
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 
 
-def patient_total(base: str) -> int:
-    response = httpx.get(f"{base}/fhir/Patient", params={"_count": "0"}, timeout=30)
+def patient_total(base: str, auth: httpx.Auth) -> int:
+    response = httpx.get(f"{base}/fhir/Patient", params={"_count": "0"}, timeout=30, auth=auth)
     assert response.status_code == 200, response.text
     return int(response.json()["total"])
 
@@ -73,8 +74,13 @@ def test_serve_on_sqlite(tmp_path: Path) -> None:
     server = ServerProcess(f"sqlite:///{database}").start()
     try:
         assert_healthy(server.base)
-        id = create_patient(server.base, "Sqlite")
-        assert httpx.get(f"{server.base}/fhir/Patient/{id}", timeout=10).status_code == 200
+        id = create_patient(server.base, "Sqlite", server.auth)
+        read = httpx.get(f"{server.base}/fhir/Patient/{id}", timeout=10, auth=server.auth)
+        assert read.status_code == 200
+        # Without a token: 401 with the RFC 6750 challenge.
+        anonymous = httpx.get(f"{server.base}/fhir/Patient/{id}", timeout=10)
+        assert anonymous.status_code == 401
+        assert anonymous.headers["www-authenticate"].startswith("Bearer")
     finally:
         server.stop()
     assert database.stat().st_size > 0
@@ -90,12 +96,15 @@ def test_serve_on_postgresql_uses_the_given_schema(pg_url: str, pg_dsn: str) -> 
     server = ServerProcess(pg_url).start()
     try:
         assert_healthy(server.base)
-        create_patient(server.base, "Postgres")
+        create_patient(server.base, "Postgres", server.auth)
     finally:
         server.stop()
     schema = pg_url.rsplit("%3D", 1)[1]  # options=-csearch_path%3D<schema>
     with psycopg.connect(pg_dsn) as conn:
-        row = conn.execute(f"SELECT count(*) FROM {schema}.resource").fetchone()
+        # Patients only: the audit trail keeps its AuditEvents as resources too.
+        row = conn.execute(
+            f"SELECT count(*) FROM {schema}.resource WHERE res_type = 'Patient'"
+        ).fetchone()
     assert row == (1,)
 
 
@@ -123,17 +132,20 @@ def test_serve_with_two_workers(database_url: str) -> None:
         assert _worker_processes(server.process.pid) == 2
         assert_healthy(server.base)
         with ThreadPoolExecutor(max_workers=4) as pool:  # both workers write at once
-            ids = list(pool.map(lambda n: create_patient(server.base, f"Worker{n}"), range(20)))
+            ids = list(
+                pool.map(
+                    lambda n: create_patient(server.base, f"Worker{n}", server.auth), range(20)
+                )
+            )
         assert len(set(ids)) == 20
-        assert patient_total(server.base) == 20
+        assert patient_total(server.base, server.auth) == 20
     finally:
         server.stop()
 
 
 @contextmanager
-def serving_without_database_url(env: dict[str, str], log: Path) -> Iterator[str]:
+def serving_without_database_url(env: dict[str, str], log: Path, port: int) -> Iterator[str]:
     """``medikus serve`` with no --database-url (ServerProcess always passes one)."""
-    port = free_port()
     base = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -164,13 +176,18 @@ def test_default_database_is_sqlite_in_the_data_directory(tmp_path: Path) -> Non
     data_dir = tmp_path / "medikus-data"
     env = {k: v for k, v in os.environ.items() if k != "MEDIKUS_DATABASE_URL"}
     env["MEDIKUS_DATA_DIR"] = str(data_dir)
-    with serving_without_database_url(env, tmp_path / "serve.log") as base:
+    port = free_port()
+    env["MEDIKUS_PUBLIC_URL"] = f"http://127.0.0.1:{port}"
+    auth = SystemTokens.for_server(
+        f"sqlite:///{data_dir / 'medikus.sqlite3'}", env["MEDIKUS_PUBLIC_URL"]
+    )
+    with serving_without_database_url(env, tmp_path / "serve.log", port) as base:
         assert_healthy(base)
-        create_patient(base, "Default")
+        create_patient(base, "Default", auth)
         assert (data_dir / "medikus.sqlite3").is_file()
     # The data survives a restart on the same default file.
-    with serving_without_database_url(env, tmp_path / "serve-again.log") as base:
-        assert patient_total(base) == 1
+    with serving_without_database_url(env, tmp_path / "serve-again.log", port) as base:
+        assert patient_total(base, auth) == 1
 
 
 @pytest.mark.parametrize(
@@ -194,9 +211,10 @@ def test_unusable_database_exits_at_once_with_one_line(url: str) -> None:
 
 def test_load_synthea_bundles(server: ServerProcess) -> None:
     paths = synthea_bundles()[:2]
-    result = medikus("load", *map(str, paths), "--url", f"{server.base}/fhir")
+    token = server.auth.value()
+    result = medikus("load", *map(str, paths), "--url", f"{server.base}/fhir", "--token", token)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert patient_total(server.base) == 2
+    assert patient_total(server.base, server.auth) == 2
     for path in paths:
         patient = next(
             e["resource"]
@@ -208,6 +226,7 @@ def test_load_synthea_bundles(server: ServerProcess) -> None:
             f"{server.base}/fhir/Patient",
             params={"identifier": f"{identifier['system']}|{identifier['value']}"},
             timeout=30,
+            auth=server.auth,
         ).json()
         assert found["total"] == 1
         assert found["entry"][0]["resource"]["name"] == patient["name"]
@@ -215,6 +234,7 @@ def test_load_synthea_bundles(server: ServerProcess) -> None:
 
 def test_load_into_an_unreachable_server_exits_with_one_line() -> None:
     path = str(synthea_bundles()[0])
-    result = medikus("load", path, "--url", f"http://127.0.0.1:{free_port()}/fhir")
+    url = f"http://127.0.0.1:{free_port()}/fhir"
+    result = medikus("load", path, "--url", url, "--token", "unused")
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-2000:]

@@ -56,6 +56,7 @@ def assert_secured(response: httpx.Response, *, https: bool = False) -> None:
         "camera=(self), microphone=(self), geolocation=(), payment=()"
     )
     assert headers["cross-origin-opener-policy"] == "same-origin"
+    assert headers["cross-origin-resource-policy"] == "same-origin"
     assert headers["x-frame-options"] == "DENY"
     assert headers.get_list("cache-control") == ["no-store"]
     assert len(headers.get_list("x-request-id")) == 1
@@ -230,12 +231,39 @@ def test_fhir_responses_are_never_cacheable_others_keep_their_choice() -> None:
     assert [v for n, v in plain["headers"] if n == b"cache-control"] == [b"no-store"]
 
 
-def test_a_policy_the_app_sets_itself_wins() -> None:
-    own = [(b"content-security-policy", b"default-src 'none'"), (b"x-request-id", b"forged")]
+def test_a_policy_the_app_sets_itself_wins_but_never_allows_framing() -> None:
+    own = [(b"content-security-policy", b"default-src 'none';"), (b"x-request-id", b"forged")]
     _, start = call("/", [(b"x-request-id", b"req-1")], own)
     headers = start["headers"]
-    assert [v for n, v in headers if n == b"content-security-policy"] == [b"default-src 'none'"]
+    assert [v for n, v in headers if n == b"content-security-policy"] == [
+        b"default-src 'none'; frame-ancestors 'none'"
+    ]
     assert [v for n, v in headers if n == b"x-request-id"] == [b"req-1"]
+    assert (b"x-frame-options", b"DENY") in headers
+    # A policy that names its framing itself keeps it.
+    own = [(b"Content-Security-Policy", b"default-src 'none'; Frame-Ancestors 'self'")]
+    _, start = call("/", [], own)
+    assert [v for n, v in start["headers"] if n.lower() == b"content-security-policy"] == [
+        own[0][1]
+    ]
+
+
+@pytest.mark.parametrize("https", [False, True])
+def test_cookies_get_httponly_samesite_and_over_https_secure(https: bool) -> None:
+    cookies = [
+        (b"set-cookie", b"plain=1; Path=/"),
+        (b"set-cookie", b"__Host-session=abc; path=/; secure; httponly; samesite=strict"),
+        (b"Set-Cookie", b"pref=de; Max-Age=60; SameSite=None; Secure"),
+    ]
+    proto = [(b"x-forwarded-proto", b"https" if https else b"http")]
+    _, start = call("/auth/authorize", proto, cookies)
+    sent = [v for n, v in start["headers"] if n.lower() == b"set-cookie"]
+    secure = b"; Secure" if https else b""
+    assert sent == [
+        b"plain=1; Path=/; HttpOnly; SameSite=Lax" + secure,
+        cookies[1][1],  # the login pages' own, stricter attributes stay as they are
+        b"pref=de; Max-Age=60; SameSite=None; Secure; HttpOnly",
+    ]
 
 
 def test_the_app_sees_the_effective_request_id() -> None:

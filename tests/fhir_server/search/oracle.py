@@ -18,7 +18,11 @@ Values (https://hl7.org/fhir/R4/search.html#ptypes)
   * string: a primitive, or the parts of a HumanName (family, given, prefix, suffix, text) or
     an Address (line, city, district, state, postalCode, country, text). Plain: the normalised
     value starts with the normalised search value (normalised = casefold, NFKD, combining marks
-    dropped); ``:exact``: equal as written; ``:contains``: normalised substring.
+    dropped); ``:exact``: equal as written; ``:contains``: normalised substring. Parameters
+    the server stores as keyed tokens (``fhir_server.protection.protected``: names, addresses
+    of persons) match by words instead: every word of the normalised search value (runs of
+    letters and digits, cut to 12 characters) starts some word of some value of the resource;
+    ``:contains`` is refused there.
   * reference: ``Type/id`` matches a literal reference ``Type/id`` or ``Type/id/_history/v``
     (https://hl7.org/fhir/R4/references.html#literal). Canonical and uri values are kept as
     written (never equal to a relative ``Type/id``).
@@ -63,6 +67,7 @@ from typing import Any
 import fhirpathpy
 from fhirpathpy.models import models as fhirpath_models
 
+from fhir_server.protection import protected
 from fhir_server.search.registry import SearchParamDef, SearchParamRegistry
 
 R4 = fhirpath_models["r4"]
@@ -91,6 +96,8 @@ _TOKEN_PRIMITIVES = _STRINGS | {"boolean"}
 _DATES = frozenset({"date", "dateTime", "instant"})
 _QUANTITIES = frozenset({"Quantity", "Age", "Duration", "Distance", "Count", "SimpleQuantity"})
 _NUMBERS = frozenset({"decimal", "integer", "positiveInt", "unsignedInt"})
+_WORD = re.compile(r"\w+")
+_WORD_PREFIX_MAX = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,6 +495,15 @@ def matcher(kind: str, modifier: str | None, raw: str) -> Callable[[Atom], bool]
     return simple[kind](raw)
 
 
+def words_match(text: str, found: Sequence[Atom]) -> bool:
+    """A protected string: every word of ``text`` starts some word of the values ``found``."""
+    if not text:
+        return any(isinstance(a, str) for a in found)
+    wanted = [w[:_WORD_PREFIX_MAX] for w in _WORD.findall(normalize(text))]
+    have = {w for a in found if isinstance(a, str) for w in _WORD.findall(normalize(a))}
+    return bool(wanted) and all(any(h.startswith(w) for h in have) for w in wanted)
+
+
 # -- the oracle -------------------------------------------------------------------------------
 
 
@@ -571,6 +587,9 @@ class Oracle:
             if raw not in ("true", "false"):
                 raise ValueError(f":missing takes true or false, not {raw!r}")
             return {i for i, found in values.items() if (not found) == (raw == "true")}
+        if modifier is None and param.type == "string" and protected(resource_type, code, "string"):
+            wanted = [unescape(v) for v in split_unescaped(raw, ",")]
+            return {i for i, found in values.items() if any(words_match(w, found) for w in wanted)}
         tests = [matcher(param.type, modifier, v) for v in split_unescaped(raw, ",")]
         hit = {i for i, found in values.items() if any(t(a) for a in found for t in tests)}
         return set(values) - hit if modifier == "not" else hit

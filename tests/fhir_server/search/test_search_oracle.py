@@ -31,6 +31,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from fhir_server.protection import protected
 from fhir_server.search.registry import SearchParamDef, SearchParamRegistry
 from medikus.loader import read_bundle, synthea_bundles
 from tests.conftest import IN_CI
@@ -269,11 +270,18 @@ class Generator:
         found = self.atom(rtype, param, lambda a: isinstance(a, str) and bool(a.strip()))
         if not isinstance(found, str):
             return None
-        modifier = rng.choices([None, "exact", "contains"], [5, 2, 2])[0]
+        if protected(rtype, param.code, "string"):
+            # Keyed word-prefix tokens (fhir_server/protection.py): no ':contains'; a plain
+            # search may start at any word.
+            modifier = rng.choices([None, "exact"], [5, 2])[0]
+            starts = [0, *(m.start() for m in re.finditer(r"(?<=\W)\w", found))]
+        else:
+            modifier = rng.choices([None, "exact", "contains"], [5, 2, 2])[0]
+            starts = [0]
         if modifier == "exact":
             text = found if rng.random() < 0.85 else found.swapcase()
         else:
-            start = 0 if modifier is None else rng.randrange(len(found))
+            start = rng.choice(starts) if modifier is None else rng.randrange(len(found))
             end = rng.randint(start + 1, len(found))
             text = self.vary(found[start:end]).strip() or found
         return escape(text), f"string{' :' + modifier if modifier else ''}", modifier

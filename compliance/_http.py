@@ -80,36 +80,22 @@ class _Endpoints:
 
     def mount(self, app: FastAPI) -> None:
         r = APIRouter()
-        r.add_api_route(
-            "/.well-known/smart-configuration",
-            self.smart_configuration,
-            methods=["GET"],
-            summary="SMART configuration",
-            operation_id="smart-configuration",
-        )
-        r.add_api_route(
-            "/auth/jwks",
-            self.jwks,
-            methods=["GET"],
-            summary="token signing keys",
-            operation_id="auth-jwks",
-        )
-        r.add_api_route(
-            "/auth/token",
-            self.token,
-            methods=["POST"],
-            summary="token endpoint",
-            operation_id="auth-token",
-            openapi_extra=_FORM_BODY,
-        )
-        r.add_api_route(
-            "/auth/revoke",
-            self.revoke,
-            methods=["POST"],
-            summary="token revocation",
-            operation_id="auth-revoke",
-            openapi_extra=_FORM_BODY,
-        )
+        # (path, handler, method, summary, operation id, form body): each in the API description.
+        for path, handler, method, summary, operation, form in (
+            ("/.well-known/smart-configuration", self.smart_configuration, "GET",
+             "SMART configuration", "smart-configuration", False),
+            ("/auth/jwks", self.jwks, "GET", "token signing keys", "auth-jwks", False),
+            ("/auth/token", self.token, "POST", "token endpoint", "auth-token", True),
+            ("/auth/revoke", self.revoke, "POST", "token revocation", "auth-revoke", True),
+        ):  # fmt: skip
+            r.add_api_route(
+                path,
+                handler,
+                methods=[method],
+                summary=summary,
+                operation_id=operation,
+                openapi_extra=_FORM_BODY if form else None,
+            )
         # The HTML pages are for browsers, not part of the API description.
         for path, handler, methods in (
             ("/auth/authorize", self.authorize_form, ["GET"]),

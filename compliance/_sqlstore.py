@@ -376,12 +376,7 @@ class SqlJoinGrantStore(_Base):
 
     def mark_used(self, grant_id: str, at: int) -> bool:
         with self._write() as c:
-            result = c.execute(
-                sa.update(join_grant)
-                .where(join_grant.c.grant_id == grant_id, join_grant.c.used_at.is_(None))
-                .values(used_at=at)
-            )
-            return bool(result.rowcount == 1)
+            return _stamp_once(c, join_grant.c.grant_id == grant_id, join_grant.c.used_at, at) == 1
 
     def revoke(self, grant_id: str) -> None:
         with self._write() as c:
@@ -534,11 +529,7 @@ class AuthStore(_Base):
     def revoke_session(self, session_id: str, at: int) -> bool:
         """Ends the session and its refresh tokens; False if it was ended already."""
         with self._write() as c:
-            ended = c.execute(
-                sa.update(session)
-                .where(session.c.id == session_id, session.c.revoked_at.is_(None))
-                .values(revoked_at=at)
-            ).rowcount
+            ended = _stamp_once(c, session.c.id == session_id, session.c.revoked_at, at)
             _revoke_refresh(c, refresh_token.c.session_id == session_id, at)
         return bool(ended)
 
@@ -552,11 +543,7 @@ class AuthStore(_Base):
                     )
                 ).scalars()
             )
-            c.execute(
-                sa.update(session)
-                .where(session.c.account_id == account_id, session.c.revoked_at.is_(None))
-                .values(revoked_at=at)
-            )
+            _stamp_once(c, session.c.account_id == account_id, session.c.revoked_at, at)
             owned = sa.select(session.c.id).where(session.c.account_id == account_id)
             _revoke_refresh(c, refresh_token.c.session_id.in_(owned), at)
         return ids
@@ -592,12 +579,7 @@ class AuthStore(_Base):
     def use_code(self, code_hash: bytes, at: int) -> bool:
         """Marks the code used; False if it was used already (a replay or a lost race)."""
         with self._write() as c:
-            result = c.execute(
-                sa.update(code)
-                .where(code.c.code_hash == code_hash, code.c.used_at.is_(None))
-                .values(used_at=at)
-            )
-            return bool(result.rowcount == 1)
+            return _stamp_once(c, code.c.code_hash == code_hash, code.c.used_at, at) == 1
 
     # --- refresh tokens ---
 
@@ -640,11 +622,7 @@ class AuthStore(_Base):
         with self._write() as c:
             _revoke_refresh(c, refresh_token.c.family_id == family_id, at)
             if session_id is not None:
-                c.execute(
-                    sa.update(session)
-                    .where(session.c.id == session_id, session.c.revoked_at.is_(None))
-                    .values(revoked_at=at)
-                )
+                _stamp_once(c, session.c.id == session_id, session.c.revoked_at, at)
 
     # --- clients ---
 
@@ -714,12 +692,15 @@ def _fields(record: Any) -> dict[str, Any]:
     return {name: getattr(record, name) for name in record.__slots__}
 
 
+def _stamp_once(c: Connection, condition: Any, column: sa.Column[Any], at: int) -> int:
+    """Sets ``column`` to ``at`` on the rows matching ``condition`` where it is still unset (a
+    code or link used once, a session or token revoked once); how many rows it set."""
+    statement = sa.update(column.table).where(condition, column.is_(None)).values({column: at})
+    return int(c.execute(statement).rowcount)
+
+
 def _revoke_refresh(c: Connection, condition: Any, at: int) -> None:
-    c.execute(
-        sa.update(refresh_token)
-        .where(condition, refresh_token.c.revoked_at.is_(None))
-        .values(revoked_at=at)
-    )
+    _stamp_once(c, condition, refresh_token.c.revoked_at, at)
 
 
 def _account_row(record: AccountRecord) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """FHIR date, dateTime and instant values as intervals and shifted copies (https://hl7.org/fhir/R4/datatypes.html#dateTime).
 
 A partial value covers an interval ("2026" is the whole year). Values without a time zone (dates,
-and dateTimes without an offset) are taken as UTC. Used by consent periods (consent.py) and by
-the date shifting of research exports (pseudonyms.py).
+and dateTimes without an offset) are taken as UTC. Used by consent periods (consent.py), the
+date shifting of research exports (pseudonyms.py) and the record core's date index and search
+(fhir_server/_time.py).
 """
 
 from __future__ import annotations

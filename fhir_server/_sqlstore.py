@@ -1000,33 +1000,26 @@ class _PgLease:
             self._conn.close()
 
 
-class SqlSubscriptionStore:
-    """The SubscriptionStore port on the SQL store's engine."""
+class _Leadership:
+    """Held by one process per database at a time (the subscription dispatcher, the audit
+    chainer): a session-level advisory lock per schema on PostgreSQL (databases shared by
+    several schemas, as in the tests, get one leader per schema), an flock on a file beside a
+    SQLite database, an in-process lock for an in-memory one."""
 
-    def __init__(self, store: SqlStore) -> None:
-        self._store = store
+    def __init__(self, store: SqlStore, file_suffix: str, key_name: str) -> None:
         self._engine = store.engine
         self._dialect = store.dialect
         database = self._engine.url.database if self._dialect == "sqlite" else None
         self._lease_file = (
-            f"{database}.dispatcher-lock" if database and database != ":memory:" else None
+            f"{database}.{file_suffix}" if database and database != ":memory:" else None
         )
         self._memory_lease = threading.Lock()
-        self._keys: tuple[int, int] | None = None
+        self._key_name = key_name
+        self._key: int | None = None
 
-    def _pg_keys(self, conn: Connection) -> tuple[int, int]:
-        # Per schema: databases shared by several schemas (tests) get one dispatcher per schema.
-        if self._keys is None:
-            schema = conn.exec_driver_sql("SELECT current_schema()").scalar_one()
-            self._keys = (
-                _advisory_key(f"medikus.subscriptions.lead:{schema}"),
-                _advisory_key(f"medikus.subscriptions.enqueue:{schema}"),
-            )
-        return self._keys
-
-    def lead(self) -> _FileLease | _LockLease | _PgLease | None:
+    def take(self) -> _FileLease | _LockLease | _PgLease | None:
         if self._dialect == "postgresql":
-            return self._pg_lead()
+            return self._pg_take()
         if self._lease_file is None:
             return _LockLease(self._memory_lease) if self._memory_lease.acquire(False) else None
         file = open(self._lease_file, "a+b")  # noqa: SIM115 - the lease owns and closes it
@@ -1037,12 +1030,13 @@ class SqlSubscriptionStore:
             return None
         return _FileLease(file)
 
-    def _pg_lead(self) -> _PgLease | None:
+    def _pg_take(self) -> _PgLease | None:
         with _Translate():
             conn = self._engine.connect()
             try:
-                key = self._pg_keys(conn)[0]
-                got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
+                if self._key is None:
+                    self._key = _schema_key(conn, self._key_name)
+                got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key})
                 locked = bool(got.scalar_one())
                 conn.commit()
             except BaseException:
@@ -1051,7 +1045,27 @@ class SqlSubscriptionStore:
         if not locked:
             conn.close()
             return None
-        return _PgLease(conn, key)
+        return _PgLease(conn, self._key)
+
+
+def _schema_key(conn: Connection, name: str) -> int:
+    """An advisory lock key for ``name`` in the connection's schema."""
+    schema = conn.exec_driver_sql("SELECT current_schema()").scalar_one()
+    return _advisory_key(f"{name}:{schema}")
+
+
+class SqlSubscriptionStore:
+    """The SubscriptionStore port on the SQL store's engine."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+        self._engine = store.engine
+        self._dialect = store.dialect
+        self._leadership = _Leadership(store, "dispatcher-lock", "medikus.subscriptions.lead")
+        self._enqueue_key: int | None = None
+
+    def lead(self) -> _FileLease | _LockLease | _PgLease | None:
+        return self._leadership.take()
 
     @contextmanager
     def _writing(self, *, serialised: bool = False) -> Iterator[Connection]:
@@ -1063,8 +1077,11 @@ class SqlSubscriptionStore:
                 conn.info["begin"] = "BEGIN IMMEDIATE"
             with conn.begin():
                 if serialised and self._dialect == "postgresql":
-                    key = self._pg_keys(conn)[1]
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+                    if self._enqueue_key is None:
+                        self._enqueue_key = _schema_key(conn, "medikus.subscriptions.enqueue")
+                    conn.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._enqueue_key}
+                    )
                 yield conn
 
     def subscriptions(self) -> list[StoredVersion]:
@@ -1240,12 +1257,7 @@ class SqlAuditLog:
         self._store = store
         self._engine = store.engine
         self._dialect = store.dialect
-        database = self._engine.url.database if self._dialect == "sqlite" else None
-        self._lease_file = (
-            f"{database}.audit-chainer-lock" if database and database != ":memory:" else None
-        )
-        self._memory_lease = threading.Lock()
-        self._lead_key: int | None = None
+        self._leadership = _Leadership(store, "audit-chainer-lock", "medikus.audit.chainer")
 
     def stage(self, uow: UnitOfWork, payloads: Sequence[bytes], now: int) -> None:
         if payloads:
@@ -1348,38 +1360,7 @@ class SqlAuditLog:
             return {r.key_version for r in conn.execute(query)}
 
     def lead(self) -> _FileLease | _LockLease | _PgLease | None:
-        if self._dialect == "postgresql":
-            return self._pg_lead()
-        if self._lease_file is None:
-            return _LockLease(self._memory_lease) if self._memory_lease.acquire(False) else None
-        file = open(self._lease_file, "a+b")  # noqa: SIM115 - the lease owns and closes it
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.close()
-            return None
-        return _FileLease(file)
-
-    def _pg_lead(self) -> _PgLease | None:
-        with _Translate():
-            conn = self._engine.connect()
-            try:
-                if self._lead_key is None:
-                    # Per schema: databases shared by several schemas (tests) chain per schema.
-                    schema = conn.exec_driver_sql("SELECT current_schema()").scalar_one()
-                    self._lead_key = _advisory_key(f"medikus.audit.chainer:{schema}")
-                got = conn.execute(
-                    sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": self._lead_key}
-                )
-                locked = bool(got.scalar_one())
-                conn.commit()
-            except BaseException:
-                conn.close()
-                raise
-        if not locked:
-            conn.close()
-            return None
-        return _PgLease(conn, self._lead_key)
+        return self._leadership.take()
 
 
 def _chain_head(conn: Connection) -> ChainHead:

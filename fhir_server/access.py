@@ -236,7 +236,3 @@ class Guard:
         if written and (self.principal is not None or interaction is not CREATE):
             return False
         return self.principal is None or self.decision(interaction, rtype).allowed
-
-
-def guard(ctx: Context, principal: Principal | None) -> Guard:
-    return Guard(ctx, principal)

@@ -42,6 +42,7 @@ from fhir_server._time import from_micros, to_micros
 from fhir_server.audit_events import EventBuilder
 from fhir_server.audit_keys import AuditKeys, SealError
 from fhir_server.context import Context, Indexer
+from fhir_server.leadership import lead_until_stopped
 from fhir_server.search.rows import IndexRows
 from fhir_server.store import (
     AuditLink,
@@ -304,22 +305,9 @@ class Chainer:
             self._thread = None
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                lease = self._log.lead()
-            except Exception:  # the database or the lock file: try again later
-                log.warning("cannot take the audit chainer lease", exc_info=True)
-                lease = None
-            if lease is None:
-                self._stop.wait(self._settings.lead_retry)
-                continue
-            try:
-                self._lead(lease)
-            except Exception:
-                log.exception("the audit chainer failed; it starts again")
-                self._stop.wait(self._settings.lead_retry)
-            finally:
-                lease.release()
+        lead_until_stopped(
+            self._log.lead, self._lead, self._stop, self._settings.lead_retry, "audit chainer", log
+        )
 
     def _lead(self, lease: Lease) -> None:
         log.info("this process chains the audit trail")

@@ -3,8 +3,10 @@
 A doctor without a treatment relation may open a patient's record in an emergency
 (https://hl7.org/fhir/R4/operationoutcome-example-break-the-glass.json.html). They must state a
 reason; the access is personal (granted to their Practitioner, not their MVZ), ends after
-``BTG_DURATION`` and is recorded as an AuditEvent with purposeOfUse BTG, which the privacy
-officer reviews (``AuditEvent?purpose-of-use=…|BTG``, or ``medikus audit btg-report``).
+``BTG_DURATION_US`` and is recorded as an AuditEvent with purposeOfUse and security label BTG
+and the stated reason, which the privacy officer reviews
+(``AuditEvent?_security=http://terminology.hl7.org/CodeSystem/v3-ActReason|BTG``, or
+``medikus audit btg-report``).
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ import orjson
 
 from fhir_server.context import Context
 from fhir_server.errors import FhirError
+from fhir_server.leadership import lead_until_stopped
 from fhir_server.request import FHIR_JSON
 from fhir_server.search_type import matching_ids
 from fhir_server.store import (
@@ -131,22 +132,9 @@ class Dispatcher:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                lease = self._store.lead()
-            except Exception:  # the database or the lock file: try again later
-                log.warning("cannot take the dispatcher lease", exc_info=True)
-                lease = None
-            if lease is None:
-                self._stop.wait(self._settings.lead_retry)
-                continue
-            try:
-                self._lead(lease)
-            except Exception:
-                log.exception("the dispatcher failed; it starts again")
-                self._stop.wait(self._settings.lead_retry)
-            finally:
-                lease.release()
+        lead_until_stopped(
+            self._store.lead, self._lead, self._stop, self._settings.lead_retry, "dispatcher", log
+        )
 
     def _lead(self, lease: Lease) -> None:
         log.info("this process dispatches the subscription notifications")

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
 
 from compliance import consent as consent_rules
-from fhir_server._time import parse_period
+from fhir_server._time import from_micros, parse_period, to_micros
 from fhir_server.compartments import patient_compartment
 from fhir_server.criteria import Match, Reference
 from fhir_server.search.sql import match_ids
@@ -110,7 +110,7 @@ def grants_for(uow: UnitOfWork, patient: str, now: int) -> list[GrantRow]:
         rows.append(GrantRow(patient, grantee, "*", 0, None, "managing", source))
     relations = {t: _related(uow, t, patient) for t in _PATIENT_PARAM}
     consents = [c for _, c in relations.pop("Consent")]
-    at = datetime.fromtimestamp(now / 1_000_000, UTC)
+    at = from_micros(now)
     direct_grantees = {r.grantee for r in rows}
     for rtype, found in relations.items():
         for id, item in found:
@@ -122,21 +122,7 @@ def grants_for(uow: UnitOfWork, patient: str, now: int) -> list[GrantRow]:
                     continue
                 basis = {"ServiceRequest": "referral"}.get(rtype, rtype.lower())
                 rows.append(GrantRow(patient, grantee, "*", 0, until, basis, f"{rtype}/{id}"))
-    for permit in _permits(consents, at):
-        if permit.actor is None or not permit.actor.startswith(_GRANTEE_TYPES):
-            continue  # "everyone" is not a grantee: a named provider is
-        for res_class in permit.resource_types or ("*",):
-            rows.append(
-                GrantRow(
-                    patient,
-                    permit.actor,
-                    res_class,
-                    _micros(permit.valid_from) or 0,
-                    _micros(permit.valid_until),
-                    permit.kind,
-                    "Consent",
-                )
-            )
+    rows.extend(_consented(patient, consents, at))
     return rows
 
 
@@ -181,20 +167,6 @@ def _grantees(references: Iterable[Any]) -> list[str]:
     return out
 
 
-def _micros(when: datetime | None) -> int | None:
-    return None if when is None else int(when.timestamp() * 1_000_000)
-
-
-@dataclass(frozen=True, slots=True)
-class _Permit:
-    consent_id: str
-    actor: str | None
-    resource_types: tuple[str, ...]
-    valid_from: datetime | None
-    valid_until: datetime | None
-    kind: str
-
-
 def _denied(consents: list[dict[str, Any]], grantee: str, at: datetime) -> bool:
     """Opt-out: a relation counts unless an active network-sharing consent decides against
     this provider (a consent that says nothing about them leaves the relation standing)."""
@@ -209,15 +181,29 @@ def _denied(consents: list[dict[str, Any]], grantee: str, at: datetime) -> bool:
     return not verdict.permit and bool(verdict.basis)
 
 
-def _permits(consents: list[dict[str, Any]], at: datetime) -> list[_Permit]:
-    """Named providers the patient's consents let in without another relation. A permit for
-    "everyone" is no grant (it needs a relation to say who treats the patient); a permit for
-    all types but some is left out rather than over-granted (fail closed)."""
-    out: list[_Permit] = []
+def _consented(patient: str, consents: list[dict[str, Any]], at: datetime) -> list[GrantRow]:
+    """Grants for the named providers the patient's consents let in without another relation.
+    A permit for "everyone" is no grant (a relation must say who treats the patient); a permit
+    for all types but some is left out rather than over-granted (fail closed)."""
+    rows: list[GrantRow] = []
     for kind in ("network-sharing", "telemonitoring"):
         for grant in consent_rules.grants(consents, at, kind=kind):
-            if grant.actor is None or (grant.types is None and grant.except_types):
+            actor = grant.actor
+            if actor is None or not actor.startswith(_GRANTEE_TYPES):
                 continue
-            types = tuple(sorted(grant.types)) if grant.types is not None else ()
-            out.append(_Permit("", grant.actor, types, grant.valid_from, grant.valid_until, kind))
-    return out
+            if grant.types is None and grant.except_types:
+                continue
+            until = None if grant.valid_until is None else to_micros(grant.valid_until)
+            for res_class in sorted(grant.types) if grant.types is not None else ("*",):
+                rows.append(
+                    GrantRow(
+                        patient,
+                        actor,
+                        res_class,
+                        to_micros(grant.valid_from),
+                        until,
+                        kind,
+                        "Consent",
+                    )
+                )
+    return rows

@@ -180,7 +180,8 @@ class DeliveryState:
 
 
 class Lease(Protocol):
-    """The right to dispatch notifications, held by one process per database at a time."""
+    """The right to do a job one process per database does at a time (dispatching
+    notifications, chaining the audit trail)."""
 
     def alive(self) -> bool: ...
 

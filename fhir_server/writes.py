@@ -14,6 +14,7 @@ from typing import Any
 import jsonpatch
 import orjson
 
+from compliance.policy import Interaction
 from fhir_server import relations
 from fhir_server._time import format_instant
 from fhir_server.access import CREATE, DELETE, UPDATE, Guard, not_known
@@ -171,7 +172,7 @@ class Writes:
             self.ctx.audit.changes(self.uow, self.audited)
 
     def _check_visible(
-        self, rtype: str, id: str, prior: StoredVersion | None, interaction: Any
+        self, rtype: str, id: str, prior: StoredVersion | None, interaction: Interaction
     ) -> None:
         """An existing resource the caller may not see is "not known" (like a missing one)."""
         self.guard.require(interaction, rtype)
@@ -187,7 +188,7 @@ class Writes:
         managed by the doctor's own MVZ counts as theirs."""
         if self.guard.unrestricted or not self._written:
             return
-        by_type: dict[tuple[str, Any], list[str]] = {}
+        by_type: dict[tuple[str, Interaction], list[str]] = {}
         for (rtype, id), created in self._written.items():
             by_type.setdefault((rtype, CREATE if created else UPDATE), []).append(id)
         for (rtype, interaction), ids in by_type.items():

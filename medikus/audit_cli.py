@@ -9,7 +9,6 @@ modified, deleted, reordered, inserted, truncated, bad-signature), 2 when it can
 from __future__ import annotations
 
 import json
-import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from compliance.audit_chain import ed25519_key_id
-from compliance.keyring import Keyring, KeyringError, load_keyring
+from compliance.keyring import Keyring, KeyringError
+from medikus.auth_setup import keyring_from
 from medikus.config import Config
 
 if TYPE_CHECKING:
@@ -200,10 +200,8 @@ def _next_page(bundle: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _keyring(key_file: Path | None) -> Keyring:
-    from medikus.auth_setup import keyring
-
     try:
-        return load_keyring(key_file, os.environ) if key_file else keyring(Config())
+        return keyring_from(key_file)
     except KeyringError as exc:
         raise CannotVerify(f"Schlüssel / keys: {exc}") from exc
 

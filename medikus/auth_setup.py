@@ -60,6 +60,11 @@ def keyring(config: Config) -> Keyring:
     return load_keyring(key_file_path(config), os.environ)
 
 
+def keyring_from(key_file: Path | None) -> Keyring:
+    """The master keys of ``key_file`` (a command's ``--key-file``), else as configured."""
+    return load_keyring(key_file, os.environ) if key_file else keyring(Config())
+
+
 def ensure_demo_keys(config: Config) -> tuple[Path | None, bool]:
     """The key file the demo uses (None: keys from the environment) and whether it was created
     now; sets ``MEDIKUS_KEY_FILE`` so the server processes started next find it."""

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from compliance.keyring import Keyring, KeyringError, load_keyring
+from compliance.keyring import Keyring, KeyringError
 from compliance.principal import Principal, system_principal
+from medikus.auth_setup import keyring_from
 from medikus.config import Config
 
 if TYPE_CHECKING:
@@ -61,10 +62,8 @@ def register(main: click.Group) -> None:
 
 
 def _keyring(key_file: Path | None) -> Keyring:
-    from medikus.auth_setup import keyring
-
     try:
-        return load_keyring(key_file, os.environ) if key_file else keyring(Config())
+        return keyring_from(key_file)
     except KeyringError as exc:
         raise click.ClickException(f"Schlüssel / keys: {exc}") from exc
 
@@ -83,23 +82,17 @@ def _operator() -> Principal:
 @contextmanager
 def _context(database_url: str | None, keyring: Keyring) -> Iterator[Context]:
     """The record core's context with its audit trail; queued audit events are written on exit."""
-    from fhir_server._sqlstore import SqlAuditLog
-    from fhir_server.audit import AuditSystem
     from fhir_server.core import RecordCore
 
     url = database_url or Config().resolved_database_url()
     try:
-        core = RecordCore.open(url, keyring=keyring)
+        core = RecordCore.open(url, keyring=keyring, audit=True)
     except Exception as exc:
         raise click.ClickException(f"Datenbank nicht nutzbar / database unusable: {exc}") from exc
     try:
-        system = AuditSystem.build(core.ctx, SqlAuditLog(_sql_store(core.ctx)), keyring)
-        try:
-            yield system.ctx
-        finally:
-            system.trail.close()
+        yield core.ctx
     finally:
-        core.close()
+        core.close()  # writes the queued audit events
 
 
 def _sql_store(ctx: Context) -> SqlStore:

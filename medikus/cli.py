@@ -154,6 +154,9 @@ Medi-KUS läuft / is running (Datenbank: {url})
   Capability:          {base}/fhir/metadata
   Patienten:           {base}/fhir/Patient
   API-Dokumentation:   {base}/docs
+  Anmeldung (SMART):   {base}/.well-known/smart-configuration
+Jede FHIR-Anfrage braucht ein Token / every FHIR request needs a bearer token, e.g.:
+  MEDIKUS_KEY_FILE={key_file or "…"} .venv/bin/medikus admin token --scope 'system/*.rs'
 Beenden mit Strg+C.""")
         server.wait()
     except KeyboardInterrupt:

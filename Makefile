@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@./scripts/ensure-debian-packages.sh
 	@./scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)"
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

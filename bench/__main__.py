@@ -3,6 +3,9 @@
 ``python -m bench big [--scale 10] [--db postgresql|sqlite|both]``: the bundles replicated about
 250,000 resources' worth, load rate and its decay, then search latency; ``python -m bench search``:
 the same at scale 1. ``python -m bench big --help`` lists their flags (bench/big.py).
+``python -m bench compliance``: authorisation, audit and encryption, with and without
+(bench/compliance.py). ``python -m bench station``: one pilot-centre station's latency and
+throughput, BLE simulated (bench/station.py).
 
 Transactions: https://hl7.org/fhir/R4/http.html#transaction — reads: https://hl7.org/fhir/R4/http.html#read
 Prints a table and writes the figures to ``bench/results/<timestamp>.json``. Every server process,
@@ -19,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from bench import big, floor, ingest, suite
+from bench import big, compliance, floor, ingest, station, suite
 from bench.databases import KINDS
 from bench.report import DatabaseResult, noise_note, run_meta, table, write_json
 from bench.server import load_average
@@ -80,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     if argv and argv[0] in big.COMMANDS:
         return big.main(argv[0], argv[1:], _say)
+    if argv and argv[0] == "compliance":
+        return compliance.main(argv[1:], _say)
+    if argv and argv[0] == "station":
+        return station.main(argv[1:], _say)
     args = parse_args(argv)
     started = datetime.now(UTC)
     load = load_average()

@@ -96,6 +96,15 @@ class _Endpoints:
                 operation_id=operation,
                 openapi_extra=_FORM_BODY if form else None,
             )
+        # SMART App Launch 2.0 §2.1: discovery at "[fhir base]/.well-known/…" (mounted before the
+        # FHIR routes, so that they do not take it for Type/id), the root one kept for clients
+        # that look there.
+        r.add_api_route(
+            "/fhir/.well-known/smart-configuration",
+            self.smart_configuration,
+            methods=["GET"],
+            include_in_schema=False,
+        )
         # The HTML pages are for browsers, not part of the API description.
         for path, handler, methods in (
             ("/auth/authorize", self.authorize_form, ["GET"]),

@@ -565,6 +565,31 @@ class AuthStore(_Base):
             c.execute(sa.delete(login_failure).where(login_failure.c.last_at < now - day))
             c.execute(sa.delete(join_grant).where(join_grant.c.expires_at < now - 7 * day))
 
+    def forget_patient(self, patient_id: str) -> int:
+        """GDPR erasure follow-up (Art. 17) after the record core expunged ``patient_id``: the
+        patient's accounts with their sessions, codes, tokens and second factor, and the
+        patient's join links go; the number of rows deleted."""
+        fhir_user = f"Patient/{patient_id}"
+        accounts = sa.select(account.c.id).where(account.c.fhir_user == fhir_user)
+        sessions = sa.select(session.c.id).where(session.c.account_id.in_(accounts))
+        statements = (
+            sa.delete(refresh_token).where(
+                sa.or_(
+                    refresh_token.c.patient == patient_id,
+                    refresh_token.c.session_id.in_(sessions),
+                )
+            ),
+            sa.delete(code).where(
+                sa.or_(code.c.patient == patient_id, code.c.session_id.in_(sessions))
+            ),
+            sa.delete(session).where(session.c.account_id.in_(accounts)),
+            sa.delete(totp_step).where(totp_step.c.account_id.in_(accounts)),
+            sa.delete(account).where(account.c.fhir_user == fhir_user),
+            sa.delete(join_grant).where(join_grant.c.subject == fhir_user),
+        )
+        with self._write() as c:
+            return sum(c.execute(statement).rowcount or 0 for statement in statements)
+
     # --- authorization codes ---
 
     def insert_code(self, record: CodeRecord) -> None:

@@ -365,10 +365,12 @@ class Identity:
 
     def logout(self, session_id: str, address: str | None = None) -> bool:
         """Ends the session and its refresh tokens; False if it had ended already."""
+        owner = self.store.session_with_account(session_id)
         ended = self.store.revoke_session(session_id, self.clock())
         self._notify(session_id, None)
         if ended:
-            self.events.emit("logout", session=session_id, address=address)
+            account = owner[1].id if owner is not None else None
+            self.events.emit("logout", session=session_id, account=account, address=address)
         return ended
 
     def change_password(

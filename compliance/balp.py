@@ -7,6 +7,9 @@ Patterns built here: Create, Read (read/vread), Update (update/patch), Delete an
 history and operations such as ``$everything``), each as its Patient variant when a patient is
 given; AuthZconsent (an authorisation decision, also for break-the-glass); failures carry
 outcome 4/8/12, ``outcomeDesc`` and the OperationOutcome (contained, referenced by an entity).
+Security events of identity and authorisation (compliance/auth_events.py: logins, logouts,
+tokens, account and client changes) follow DICOM PS3.15 A.5 as IHE ATNA uses it
+(:func:`security`; token issuance as BALP's IUA ITI-71 pattern).
 OAuth enrichment is BALP's "Minimal" one: ``sub``/``iss`` as ``agent[user].who.identifier``,
 ``client_id`` as ``agent[client].who.identifier``, the ``jti`` (or at most the last 32
 characters of an opaque token, :func:`opaque_token_id`) as ``agent.policy``.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +37,7 @@ __all__ = [
     "Failure",
     "Interaction",
     "RequestContext",
+    "SecurityKind",
     "Server",
     "User",
     "authz_decision",
@@ -42,6 +47,8 @@ __all__ = [
     "per_patient",
     "query",
     "read",
+    "security",
+    "security_kind",
     "update",
 ]
 
@@ -53,6 +60,7 @@ _ENTITY_TYPE: Final = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 _OBJECT_ROLE: Final = "http://terminology.hl7.org/CodeSystem/object-role"
 _RESOURCE_TYPES: Final = "http://hl7.org/fhir/resource-types"
 _SOURCE_TYPE: Final = "http://terminology.hl7.org/CodeSystem/security-source-type"
+_PATIENT_REF: Final = re.compile(r"Patient/[A-Za-z0-9\-.]{1,64}\Z", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +109,18 @@ CONSENT: Final = Coding(_RESOURCE_TYPES, "Consent", "Consent")
 OPERATION_OUTCOME: Final = Coding(_RESOURCE_TYPES, "OperationOutcome", "OperationOutcome")
 APPLICATION_SERVER: Final = Coding(_SOURCE_TYPE, "4", "Application Server")
 SECURITY_SERVER: Final = Coding(_SOURCE_TYPE, "6", "Security Server")
+SECURITY_RESOURCE: Final = Coding(_OBJECT_ROLE, "13", "Security Resource")
+# DICOM PS3.16 CID 400 (audit event ids) and CID 401/403 (their type codes).
+USER_AUTHENTICATION: Final = Coding(_DCM, "110114", "User Authentication")
+LOGIN: Final = Coding(_DCM, "110122", "Login")
+LOGOUT: Final = Coding(_DCM, "110123", "Logout")
+SECURITY_CONFIGURATION: Final = Coding(_DCM, "110129", "Security Configuration")
+RESTRICTED_FUNCTION: Final = Coding(_DCM, "110132", "Use of Restricted Function")
+USER_SECURITY_ATTRIBUTES: Final = Coding(_DCM, "110137", "User Security Attributes Changed")
+GET_ACCESS_TOKEN: Final = Coding("urn:ihe:event-type-code", "ITI-71", "Get Access Token")
+# The event kind as compliance/auth_events.py names it: a second subtype, so each kind is
+# searchable on its own (``AuditEvent?subtype=login-failed``).
+SECURITY_EVENT_KIND: Final = "https://medi-kus.de/fhir/CodeSystem/security-event"
 
 
 class Interaction(StrEnum):
@@ -365,6 +385,139 @@ def _authz_agents(ctx: RequestContext) -> list[JSONObject]:
     server = {"identifier": {"value": ctx.server.id}}
     agents.append(_agent(AUTHORIZATION_SERVER, server, requestor=False))
     return agents
+
+
+# --- security events (DICOM PS3.15 A.5.3, IHE ATNA) -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityKind:
+    """How one kind of security event is recorded: DICOM event id and type code, outcome, and
+    whether the user or client the details name acted (``agent.requestor``) or was acted on
+    (an administrator created the account)."""
+
+    type: Coding
+    subtype: Coding
+    outcome: Literal["0", "4", "8"] = "0"
+    acting: bool = True
+
+
+_AUTHN_FAILED = SecurityKind(USER_AUTHENTICATION, LOGIN, "4")
+_ATTRIBUTES = SecurityKind(SECURITY_ALERT, USER_SECURITY_ATTRIBUTES, acting=False)
+SECURITY_KINDS: Final[Mapping[str, SecurityKind]] = {
+    "login-succeeded": SecurityKind(USER_AUTHENTICATION, LOGIN),
+    "login-failed": _AUTHN_FAILED,  # also when throttled (reason "throttled")
+    "logout": SecurityKind(USER_AUTHENTICATION, LOGOUT),
+    "join-redeemed": SecurityKind(USER_AUTHENTICATION, LOGIN),  # the link is the credential
+    "join-refused": _AUTHN_FAILED,
+    "token-issued": SecurityKind(USER_AUTHENTICATION, GET_ACCESS_TOKEN),
+    "token-refused": SecurityKind(USER_AUTHENTICATION, GET_ACCESS_TOKEN, "4"),
+    "password-changed": SecurityKind(SECURITY_ALERT, USER_SECURITY_ATTRIBUTES),
+    "password-change-failed": SecurityKind(SECURITY_ALERT, USER_SECURITY_ATTRIBUTES, "4"),
+    "token-revoked": SecurityKind(SECURITY_ALERT, USER_SECURITY_ATTRIBUTES),
+    "account-created": _ATTRIBUTES,
+    "account-disabled": _ATTRIBUTES,
+    "account-enabled": _ATTRIBUTES,
+    "join-link-issued": _ATTRIBUTES,
+    "join-code-issued": _ATTRIBUTES,
+    "join-grant-revoked": _ATTRIBUTES,
+    "client-registered": SecurityKind(SECURITY_ALERT, SECURITY_CONFIGURATION, acting=False),
+    # A used code or rotated refresh token came again: someone holds a copy (serious).
+    "grant-revoked": SecurityKind(SECURITY_ALERT, RESTRICTED_FUNCTION, "8", acting=False),
+}
+
+
+def security_kind(kind: str) -> SecurityKind:
+    """The recording of ``kind``; a kind not listed yet is a security alert (a failure when
+    its name says so), so no event goes unrecorded."""
+    found = SECURITY_KINDS.get(kind)
+    if found is not None:
+        return found
+    failed = kind.endswith(("-failed", "-refused"))
+    return SecurityKind(SECURITY_ALERT, Coding(SECURITY_EVENT_KIND, kind), "4" if failed else "0")
+
+
+def security(
+    kind: str, details: Mapping[str, str], *, server: Server, recorded: datetime
+) -> JSONObject:
+    """A security event of identity or authorisation as an AuditEvent.
+
+    ``details`` as compliance/auth_events.py reports them (ids, the user name as typed, the
+    client address, reason codes; never a secret). Agents: the user (``account``, or the
+    token's ``subject``: an account id or ``Patient/…``), the OAuth ``client``, this server;
+    the ``address`` is the network access point of the acting one. Entities: the patient of
+    a join link (``subject``), the token (``jti``) and every detail as reported. A user name
+    that did not authenticate is kept only as ``who.display`` (not indexed: it may be a
+    mistyped password)."""
+    how = security_kind(kind)
+    subtypes = [how.subtype.to_json()]
+    if how.subtype.system != SECURITY_EVENT_KIND:
+        subtypes.append(Coding(SECURITY_EVENT_KIND, kind).to_json())
+    event: JSONObject = {
+        "resourceType": "AuditEvent",
+        "type": how.type.to_json(),
+        "subtype": subtypes,
+        "action": "E",
+        "recorded": _instant(recorded),
+        "outcome": how.outcome,
+        "agent": _security_agents(details, server, how.acting),
+        "source": _source(server, SECURITY_SERVER),
+        "entity": _security_entities(kind, details),
+    }
+    if how.outcome != "0":
+        event["outcomeDesc"] = details.get("reason") or details.get("error") or kind
+    return event
+
+
+def _security_agents(details: Mapping[str, str], server: Server, acting: bool) -> list[JSONObject]:
+    agents: list[JSONObject] = []
+    client_id = details.get("client")
+    subject = details.get("subject")
+    account = details.get("account") or (subject if subject not in (None, client_id) else None)
+    username = details.get("username")
+    if account is not None:
+        who: JSONObject = {"identifier": {"value": account}}
+        if _PATIENT_REF.match(account):
+            who = {"reference": account}
+        user = _agent(INFORMATION_RECIPIENT, who, requestor=acting)
+        if username is not None:
+            user["name"] = username
+        agents.append(user)
+    elif username is not None:  # not authenticated: what was typed, unindexed
+        agents.append(_agent(INFORMATION_RECIPIENT, {"display": username}, requestor=acting))
+    if client_id is not None:
+        who = {"identifier": {"value": client_id}}
+        agents.append(_agent(APPLICATION, who, requestor=acting and not agents))
+    address = details.get("address")
+    if address is not None and address != "unknown":
+        if agents:
+            agents[0]["network"] = _network(address)
+        else:  # only the peer is known (a logout by session, a refused join link)
+            peer = {"type": {"coding": [CLIENT_ROLE.to_json()]}, "requestor": acting}
+            agents.append(peer | {"network": _network(address)})
+    server_who = {"identifier": {"value": server.id}}
+    agents.append(_agent(AUTHORIZATION_SERVER, server_who, requestor=False))
+    return agents
+
+
+def _security_entities(kind: str, details: Mapping[str, str]) -> list[JSONObject]:
+    entities: list[JSONObject] = []
+    subject = details.get("subject") or ""
+    if _PATIENT_REF.match(subject):
+        entities.extend(_patient_entity(subject.removeprefix("Patient/")))
+    jti = details.get("jti")
+    if jti is not None:
+        what = {"identifier": {"value": f"urn:ietf:params:oauth:jti:{jti}"}}
+        entities.append({"type": OAUTH_TOKEN.to_json(), "what": what})
+    reported: JSONObject = {
+        "type": SYSTEM_OBJECT.to_json(),
+        "role": SECURITY_RESOURCE.to_json(),
+        "description": kind,
+    }
+    if details:
+        reported["detail"] = [{"type": k, "valueString": v} for k, v in details.items()]
+    entities.append(reported)
+    return entities
 
 
 # --- parts -------------------------------------------------------------------------------

@@ -127,7 +127,9 @@ _ROLE_RULES: Mapping[Role, tuple[_Rule, ...]] = {
         _Rule(None, _READ, Rows.OWN),
         # Patients record and revoke their own consents (revocation = status inactive).
         _Rule(frozenset({"Consent"}), _NO_DELETE, Rows.OWN),
-        # GDPR Art. 15 / EHDS: who accessed my record.
+        # GDPR Art. 15 / EHDS: who accessed (or tried to access) my record: the events whose
+        # data subject they are, naming the agent ("recipients"); not the events of their own
+        # attempts on someone else's record (the record core's in_own_records).
         _Rule(frozenset({"AuditEvent"}), _READ, Rows.OWN),
         _Rule(DIRECTORY_TYPES, _READ, Rows.ALL),
     ),

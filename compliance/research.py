@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping
+from decimal import Decimal
 from typing import Any, Final
 
 from compliance import fhir_dates
@@ -148,7 +149,7 @@ class _Walker:
         return out
 
     def _value(self, key: str, item: Any) -> Any:
-        if isinstance(item, bool | int | float):
+        if isinstance(item, bool | int | float | Decimal):
             return item
         if isinstance(item, str):
             return self._string(key, item)

@@ -14,8 +14,9 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, FastAPI, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -74,6 +75,14 @@ Authenticate = Callable[[str | None, str | None], Principal]
 # Public without a token: the CapabilityStatement (clients discover the server and its
 # SMART endpoints from it).
 _PUBLIC = frozenset({("GET", "metadata")})
+# Declares the SMART access token in the OpenAPI description (securitySchemes and each
+# operation's security); it refuses nothing itself (auto_error=False): the endpoint answers 401.
+_BEARER = HTTPBearer(
+    scheme_name="bearer",
+    bearerFormat="JWT",
+    description="SMART on FHIR access token (RFC 6750)",
+    auto_error=False,
+)
 
 
 def install(
@@ -89,6 +98,7 @@ def install(
     router = APIRouter(prefix=PREFIX)
     endpoint = _endpoint(ctx, authenticate)
     for method, path, summary, body in _ROUTES:
+        secured = authenticate is not None and (method, path.strip("/")) not in _PUBLIC
         router.add_api_route(
             path,
             endpoint,
@@ -97,6 +107,7 @@ def install(
             openapi_extra=_openapi(path, body),
             response_class=Response,
             operation_id=re.sub(r"[^a-z0-9]+", "-", summary).strip("-"),
+            dependencies=[Depends(_BEARER)] if secured else None,
         )
     # Clients post bundles to the base with or without a trailing slash.
     router.add_api_route("/", endpoint, methods=["POST"], include_in_schema=False)

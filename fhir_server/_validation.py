@@ -14,10 +14,10 @@ import types
 import typing
 from typing import Any
 
-import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from fhir_server import fhir_json
 from fhir_server.errors import Category, FhirError, Issue
 
 _MAX_ISSUES = 20
@@ -97,7 +97,7 @@ class ResourceValidator:
                         raise FhirError(
                             Category.UNPROCESSABLE,
                             f"{resource['resourceType']}: element '{key}' must be a JSON {_JSON_NAME[kind]}, "
-                            f"not {type(item).__name__} {orjson.dumps(item).decode()[:40]}.",
+                            f"not {type(item).__name__} {fhir_json.dumps(item).decode()[:40]}.",
                             expression=(key,),
                         )
 
@@ -124,7 +124,8 @@ def _is_kind(value: Any, kind: str) -> bool:
         return type(value) is bool
     if kind == "integer":
         return type(value) is int
-    return type(value) is int or type(value) is float
+    # Decimal: numbers whose digits a float would change (fhir_server/fhir_json.py).
+    return type(value) is int or type(value) is float or isinstance(value, decimal.Decimal)
 
 
 def _kind(annotation: Any) -> tuple[str, Any]:

@@ -10,18 +10,31 @@ entries and the checks after a write:
   reverse-chained type), so totals and pages never count what the caller may not see;
 - a resource the caller may not see answers exactly like one that does not exist (404).
 
+Break-the-glass grants are personal (the caller's Practitioner). When a request of such a caller
+is audited, the first granted restriction also looks up, once, which patients the caller reaches
+through an active emergency grant and through no other grant for all their data, and hands them
+with the stated reasons to the audit trail, which labels an answer holding their data BTG
+(audit_scope.note_emergency_grants): one small indexed query per request, none for callers
+without a Practitioner or requests that are not audited.
+
 ``Guard(ctx, None)`` is the system itself (in-process callers): no restriction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Final
 
 from compliance.policy import Alternative, Interaction, Rows, TypeAccess, decide
 from compliance.principal import Principal
-from fhir_server.audit_scope import note_refusal
-from fhir_server.compartments import in_compartment, patient_compartment
+from fhir_server.audit_scope import (
+    EmergencyGrants,
+    emergency_grants_unknown,
+    note_emergency_grants,
+    note_refusal,
+)
+from fhir_server.compartments import in_own_records, patient_compartment
 from fhir_server.context import Context
 from fhir_server.criteria import (
     AllOf,
@@ -35,7 +48,7 @@ from fhir_server.criteria import (
     Not,
 )
 from fhir_server.errors import Category, FhirError
-from fhir_server.search.sql import Selecting, match_ids
+from fhir_server.search.sql import Compiler, Selecting, Statement, match_ids
 
 READ = Interaction.READ
 SEARCH = Interaction.SEARCH
@@ -52,6 +65,13 @@ _VERBS = {
 }
 # Types written only by the server: the audit trail is evidence (§22 BDSG, BALP).
 READ_ONLY_TYPES = frozenset({"AuditEvent"})
+BREAK_GLASS: Final = "btg"  # access_grant.basis of an emergency grant (break_glass.py)
+# What the label says: the stated reason itself is in the (encrypted) AuditEvent of the
+# $break-glass call; access_grant is not encrypted, so it must not hold free text.
+UNSTATED: Final = (
+    "Notfallzugriff, Begründung beim $break-glass-Aufruf protokolliert / emergency access, "
+    "reason recorded with the $break-glass call"
+)
 
 
 def forbidden(interaction: Interaction, rtype: str) -> FhirError:
@@ -77,6 +97,7 @@ class Guard:
     principal: Principal | None
     _decisions: dict[tuple[Interaction, str], TypeAccess] = field(default_factory=dict)
     _now: int | None = None
+    _emergency_checked: bool = False
 
     @property
     def unrestricted(self) -> bool:
@@ -121,7 +142,7 @@ class Guard:
         parts: list[Criterion] = []
         params = patient_compartment().get(rtype)
         if alternative.patient is not None:
-            member = in_compartment(rtype, alternative.patient)
+            member = in_own_records(rtype, alternative.patient)
             parts.append(member if member is not None else Ids(()))
         if alternative.rows is Rows.GRANTED:
             parts.append(self._granted(rtype, grantees) if params else Ids(()))
@@ -134,12 +155,24 @@ class Guard:
         return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
 
     def _granted(self, rtype: str, grantees: tuple[str, ...]) -> Criterion:
+        self._note_emergency_grants(grantees)
         granted = Granted(grantees, rtype, self.now)
         if rtype == "Patient":
             return granted
         params = patient_compartment().get(rtype, ())
         chains = tuple(Chain(p, (("Patient", granted),)) for p in params if p != "{def}")
         return chains[0] if len(chains) == 1 else AnyOf(chains)
+
+    def _note_emergency_grants(self, grantees: tuple[str, ...]) -> None:
+        """Hands the caller's emergency-only patients to the audit trail (once per request)."""
+        if self._emergency_checked:
+            return
+        self._emergency_checked = True
+        personal = tuple(g for g in grantees if g.startswith("Practitioner/"))
+        if not personal or not emergency_grants_unknown():
+            return
+        rows = self.ctx.store.select(emergency_statement(grantees, personal, self.now))
+        note_emergency_grants(emergency_only(rows))
 
     def _scope_criteria(self, rtype: str, pairs: tuple[tuple[str, str], ...]) -> Criterion:
         # A wildcard scope's restriction may name a parameter this type lacks
@@ -236,3 +269,42 @@ class Guard:
         if written and (self.principal is not None or interaction is not CREATE):
             return False
         return self.principal is None or self.decision(interaction, rtype).allowed
+
+
+def emergency_statement(grantees: Sequence[str], personal: Sequence[str], at: int) -> Statement:
+    """The grants of ``grantees`` valid at ``at`` for the patients one of ``personal`` holds an
+    emergency grant for: (patient, basis, res_class, source, valid_from) rows. Both lookups use
+    an index (``ix_access_grant_grantee``, ``ix_access_grant_patient``); without an emergency
+    grant the answer is empty at once."""
+    c = Compiler()
+    anyone = ", ".join(c.bind(g) for g in grantees)
+    own = ", ".join(c.bind(g) for g in personal)
+    at_ = c.bind(at)
+    return c.statement(
+        "SELECT g.patient_id, g.basis, g.res_class, g.source, g.valid_from "  # nosec B608 # fixed names, bound values
+        f"FROM access_grant g WHERE g.grantee IN ({anyone}) AND g.valid_from <= {at_} "
+        f"AND (g.valid_until IS NULL OR g.valid_until > {at_}) AND g.patient_id IN ("
+        f"SELECT b.patient_id FROM access_grant b WHERE b.grantee IN ({own}) "
+        f"AND b.basis = {c.bind(BREAK_GLASS)} AND b.valid_from <= {at_} "
+        f"AND b.valid_until > {at_})"
+    )
+
+
+def emergency_only(rows: Iterable[Sequence[Any]]) -> EmergencyGrants:
+    """The patients of :func:`emergency_statement`'s rows that no other grant opens for all
+    their data (``res_class`` ``*``), with the reason of their latest emergency grant."""
+    latest: dict[str, tuple[int, str]] = {}
+    covered: set[str] = set()
+    for patient, basis, res_class, source, valid_from in rows:
+        if basis == BREAK_GLASS:
+            known = latest.get(patient)
+            if known is None or valid_from >= known[0]:
+                latest[patient] = (valid_from, _stated_reason(source))
+        elif res_class == "*":
+            covered.add(patient)
+    return EmergencyGrants({p: reason for p, (_, reason) in latest.items() if p not in covered})
+
+
+def _stated_reason(source: str) -> str:
+    del source  # "btg": the grant holds no reason (see UNSTATED)
+    return UNSTATED

@@ -7,7 +7,9 @@ https://profiles.ihe.net/ITI/BALP/ (events: audit_events.py). Two hooks feed it:
   chainer builds the BALP events from it) is sealed and inserted into ``audit_pending`` in the
   same transaction, so a rolled-back write leaves no event and a committed one always has them;
 - the router runs each request through :meth:`AuditTrail.audited`; once the answer is known,
-  reads, searches, failures and refusals are queued in process and a background writer inserts
+  reads, searches, failures and refusals are queued in process — as are the security events of
+  identity and authorisation (:meth:`AuditTrail.security`: logins, logouts, tokens, account and
+  client changes, which the composition root hands over) — and a background writer inserts
   them in small batches (group commit every ``flush_interval`` or ``batch`` events), so a read
   never waits for a database write. The price: on a hard crash (SIGKILL, power loss) the read
   events of at most the last ``flush_interval`` (plus the one insert under way) are lost; a
@@ -18,7 +20,9 @@ The chainer (audit_chainer.py) later moves pending events into the tamper-eviden
 stores each as an AuditEvent resource. Requests without a principal (in-process callers) are
 recorded as the system. The access layer calls :func:`note_refusal` when it answers a refused
 access like a missing resource, so the failure event says what really happened, and
-:func:`note_break_glass` when data is reached only through an emergency grant.
+:func:`note_break_glass` when data is reached only through an emergency grant (or hands over the
+caller's emergency-only patients, ``note_emergency_grants``: the writer labels an answer that
+holds their data).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -43,7 +47,14 @@ from fhir_server.audit_chainer import Chainer, ChainSettings
 from fhir_server.audit_events import DEFAULT_SERVER, EventBuilder, Fetch, internal_error
 from fhir_server.audit_keys import AuditKeys
 from fhir_server.audit_patients import PatientLinks
-from fhir_server.audit_scope import SCOPE, Refusal, Scope, note_break_glass, note_refusal
+from fhir_server.audit_scope import (
+    SCOPE,
+    EmergencyGrants,
+    Refusal,
+    Scope,
+    note_break_glass,
+    note_refusal,
+)
 from fhir_server.audit_targets import BUNDLES, CHANGES, Target, classify
 from fhir_server.context import Context
 from fhir_server.request import FhirRequest, FhirResponse
@@ -81,6 +92,16 @@ class _Answered:
     recorded: int
     refusal: Refusal | None
     emergency: str | None
+    grants: EmergencyGrants | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Security:
+    """A security event of identity or authorisation (compliance/auth_events.py)."""
+
+    kind: str
+    details: Mapping[str, str]
+    recorded: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +112,8 @@ class _Marker:
     stop: bool = False
 
 
-_Item = _Answered | _Marker
+_Event = _Answered | _Security
+_Item = _Event | _Marker
 _GIVE_UP: Final = 5  # failed inserts in a row that are not the database being down
 _SKIP_ON_SUCCESS: Final = BUNDLES  # a bundle's entries are recorded one by one
 
@@ -169,7 +191,16 @@ class AuditTrail:
             self._clock(),
             scope.refusal,
             scope.emergency,
+            scope.emergency_grants,
         )
+        self._enqueue(item)
+
+    def security(self, kind: str, details: Mapping[str, str]) -> None:
+        """Records a security event (the sink of compliance/auth_events.py): only queued, the
+        caller waits no longer than a read does."""
+        self._enqueue(_Security(kind, dict(details), self._clock()))
+
+    def _enqueue(self, item: _Event) -> None:
         if self._thread is not None:
             self._queue.put(item)  # waits only when the writer is far behind
             return
@@ -191,7 +222,8 @@ class AuditTrail:
         principal = scope.principal if scope is not None else None
         request = scope.request if scope is not None else None
         emergency = scope.emergency if scope is not None else None
-        facts = self.events.change_facts(written, principal, request, emergency)
+        grants = scope.emergency_grants if scope is not None else None
+        facts = self.events.change_facts(written, principal, request, emergency, grants)
         payloads = [self.keys.seal(orjson.dumps({"changes": f})) for f in facts]
         self.log.stage(uow, payloads, self._clock())
         if scope is not None:
@@ -231,7 +263,7 @@ class AuditTrail:
             batch = self._collect()
             try:
                 with self._write_lock:
-                    self._write([item for item in batch if isinstance(item, _Answered)])
+                    self._write([item for item in batch if not isinstance(item, _Marker)])
             except Exception:  # a bug must not stop the writer: requests would wait for ever
                 log.exception("writing audit events failed")
             finally:
@@ -257,20 +289,20 @@ class AuditTrail:
 
     def _write_queued(self) -> None:
         with self._write_lock:
-            items: list[_Answered] = []
+            items: list[_Event] = []
             while True:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if isinstance(item, _Answered):
-                    items.append(item)
-                else:
+                if isinstance(item, _Marker):
                     item.done.set()
+                else:
+                    items.append(item)
             for start in range(0, len(items), self._settings.batch):
                 self._write(items[start : start + self._settings.batch])
 
-    def _write(self, items: list[_Answered]) -> None:
+    def _write(self, items: list[_Event]) -> None:
         if not items:
             return
         # One row per request: its events (one per patient) travel together.
@@ -290,8 +322,10 @@ class AuditTrail:
                 return
             time.sleep(self._settings.retry)
 
-    def _build(self, item: _Answered) -> list[dict[str, Any]]:
+    def _build(self, item: _Event) -> list[dict[str, Any]]:
         try:
+            if isinstance(item, _Security):
+                return [self.events.security(item.kind, item.details, item.recorded)]
             return self.events.request(
                 item.target,
                 item.request,
@@ -300,9 +334,13 @@ class AuditTrail:
                 item.recorded,
                 item.refusal,
                 item.emergency,
+                item.grants,
             )
-        except Exception as exc:  # a bug must not lose the fact that the request happened
+        except Exception as exc:  # a bug must not lose the fact that the event happened
             log.exception("building the AuditEvent failed; a minimal one is recorded")
+            if isinstance(item, _Security):
+                noted = {"error": f"audit event incomplete ({type(exc).__name__})"}
+                return [self.events.security(item.kind, noted, item.recorded)]
             return [self._minimal(item, exc)]
 
     def _minimal(self, item: _Answered, exc: Exception) -> dict[str, Any]:
@@ -358,6 +396,10 @@ class AuditSystem:
         )
         chainer = Chainer(ctx, log, keys, trail.events, chain_settings)
         return cls(replace(ctx, audit=trail), trail, chainer)
+
+    def security(self, kind: str, details: Mapping[str, str]) -> None:
+        """Records a security event of identity or authorisation (queued only)."""
+        self.trail.security(kind, details)
 
     def start(self) -> None:
         self.trail.start()

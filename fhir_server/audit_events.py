@@ -10,16 +10,19 @@ peer); in-process callers without one are the system. ``entity[transaction]`` is
 X-Request-Id. A failed request carries outcome 4 (the request was wrong: 4xx), 8 (refused: 401,
 403, or an access refusal the access layer noted) or 12 (the server failed: 5xx) and the
 OperationOutcome it was answered with; a noted refusal adds an AuthZ decision event per patient.
-Break-the-glass (the ``$break-glass`` operation, an emergency grant the access layer noted, or a
+Break-the-glass (the ``$break-glass`` operation, an emergency grant the access layer noted, an
+answer holding data of a patient the caller reaches only through their emergency grant, or a
 token for emergency access) adds purpose BTG with the reason, the security label BTG
 (``AuditEvent?_security=http://terminology.hl7.org/CodeSystem/v3-ActReason|BTG``) and an AuthZ
 decision (permit) per patient. Changes are recorded as compact facts in the writing transaction
 (:meth:`EventBuilder.change_facts`); the chainer builds their events (:meth:`from_changes`).
+Security events of identity and authorisation (logins, tokens, …) become DICOM/ATNA events
+(:meth:`EventBuilder.security`, balp.security).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 import orjson
@@ -30,7 +33,7 @@ from compliance.principal import Principal, Role, system_principal
 from compliance.scopes import parse_scopes
 from fhir_server._time import from_micros
 from fhir_server.audit_patients import PatientLinks
-from fhir_server.audit_scope import Refusal
+from fhir_server.audit_scope import EmergencyGrants, Refusal
 from fhir_server.audit_targets import BUNDLES, CHANGES, Target, raw_query
 from fhir_server.request import FhirRequest, FhirResponse
 from fhir_server.store import NewVersion, StoredVersion
@@ -113,6 +116,12 @@ class EventBuilder:
             break_the_glass=emergency or who.break_glass or None,
         )
 
+    def security(self, kind: str, details: Mapping[str, str], recorded: int) -> JSONObject:
+        """The AuditEvent of a security event of identity or authorisation (login, logout,
+        token, account or client change: compliance/auth_events.py), this server observing."""
+        server = Server(self._server_id, self._server_id)
+        return balp.security(kind, details, server=server, recorded=from_micros(recorded))
+
     def request_context(
         self,
         principal: Principal | None,
@@ -135,10 +144,13 @@ class EventBuilder:
         principal: Principal | None,
         request: FhirRequest | None,
         emergency: str | None = None,
+        grants: EmergencyGrants | None = None,
     ) -> list[JSONObject]:
         """What the events of a unit of work's versions need, compact (a few µs per version on
         the write path; :meth:`from_changes` builds the events), in chunks of ``CHUNK``."""
         changes = [self._change_fact(version, prior) for version, prior in written]
+        if emergency is None and grants is not None:
+            emergency = grants.reason(p for change in changes for p in change[5])
         head: JSONObject = {
             "who": principal_json(principal),
             "base": request.base or None if request is not None else None,
@@ -193,18 +205,22 @@ class EventBuilder:
         recorded: int,
         refusal: Refusal | None = None,
         emergency: str | None = None,
+        grants: EmergencyGrants | None = None,
     ) -> list[JSONObject]:
         """The events of one answered request (a successful change is recorded with its
-        transaction instead: see ``changes``)."""
+        transaction instead: see ``changes``). ``grants``: the caller's emergency-only patients;
+        an answer holding data of one of them is an emergency access."""
         failure = _failure(response, refusal)
         if failure is None and target.interaction is Interaction.OPERATION:
             emergency = emergency or _break_glass_reason(request)
-        ctx = self.request_context(principal, request, recorded, emergency)
         patients = [target.patient] if target.patient else []
         if refusal is not None:
             patients.extend(refusal.patients)
         if failure is None:
             patients.extend(self._result_patients(target, response))
+            if emergency is None and grants is not None:
+                emergency = grants.reason(patients)
+        ctx = self.request_context(principal, request, recorded, emergency)
         events = balp.per_patient(self._builder(ctx, target, request, response, failure), patients)
         if refusal is not None:
             for patient in dict.fromkeys(refusal.patients):
@@ -288,14 +304,26 @@ class EventBuilder:
         # _elements/_summary may have cut the elements that name the patient: ask the store.
         whole = [r for r in resources if not _subsetted(r)]
         keys = [(r.get("resourceType"), r.get("id")) for r in resources if _subsetted(r)]
-        return [*self.links.of_all(whole), *self._stored_patients(keys)]
+        return [*self._patients_of(whole), *self._stored_patients(keys)]
 
     def _stored_patients(self, keys: Iterable[tuple[Any, Any]]) -> list[str]:
         wanted = [(t, i) for t, i in keys if isinstance(t, str) and isinstance(i, str)]
         if not wanted or self._fetch is None:
             return []
         stored = self._fetch(wanted)
-        return self.links.of_all(orjson.loads(v.content) for v in stored if v.content)
+        return self._patients_of(orjson.loads(v.content) for v in stored if v.content)
+
+    def _patients_of(self, resources: Iterable[JSONObject]) -> list[str]:
+        """The patients of a result. An AuditEvent's is its data subject (entity role 1) only:
+        the agent of a patient's attempt on someone else's record is not whose data it is
+        (else reading B's trail would be recorded as touching A's data, and show in A's)."""
+        found: list[str] = []
+        for resource in resources:
+            if resource.get("resourceType") == "AuditEvent":
+                found.extend(data_subjects(resource))
+            else:
+                found.extend(self.links.of(resource))
+        return list(dict.fromkeys(found))
 
 
 def _change_builder(ctx: RequestContext, kind: str, ref: str) -> Callable[[str | None], JSONObject]:
@@ -379,6 +407,22 @@ def _patient_ids(event: JSONObject) -> list[str]:
         for e in event["entity"]
         if e.get("role", {}).get("code") == "1"
     ]
+
+
+def data_subjects(event: JSONObject) -> list[str]:
+    """The ids of the patients an AuditEvent is about (BALP: ``entity`` with role 1 "Patient"),
+    tolerant of events this server did not build."""
+    found = []
+    for entity in event.get("entity") or ():
+        if not isinstance(entity, dict):
+            continue
+        role, what = entity.get("role"), entity.get("what")
+        if not (isinstance(role, dict) and role.get("code") == "1" and isinstance(what, dict)):
+            continue
+        reference = what.get("reference")
+        if isinstance(reference, str) and reference.startswith("Patient/"):
+            found.append(reference.removeprefix("Patient/").partition("/")[0])
+    return found
 
 
 def _subsetted(resource: dict[str, Any]) -> bool:

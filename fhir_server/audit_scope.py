@@ -1,14 +1,15 @@
 """The request being answered, as the audit trail sees it, and what the access layer notes on it.
 
 A leaf module (it imports no other part of the record core except the request type), so the
-access layer can call :func:`note_refusal` and :func:`note_break_glass` without importing the
-audit trail. The router's audit hook (audit.AuditTrail.audited) opens a :class:`Scope` per request
-in a context variable; batch entries nest their own.
+access layer can call :func:`note_refusal`, :func:`note_break_glass` and
+:func:`note_emergency_grants` without importing the audit trail. The router's audit hook
+(audit.AuditTrail.audited) opens a :class:`Scope` per request in a context variable; batch
+entries nest their own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,7 +18,16 @@ if TYPE_CHECKING:
     from compliance.principal import Principal
     from fhir_server.request import FhirRequest
 
-__all__ = ["Refusal", "Scope", "current", "note_break_glass", "note_refusal"]
+__all__ = [
+    "EmergencyGrants",
+    "Refusal",
+    "Scope",
+    "current",
+    "emergency_grants_unknown",
+    "note_break_glass",
+    "note_emergency_grants",
+    "note_refusal",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +36,20 @@ class Refusal:
 
     reason: str
     patients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EmergencyGrants:
+    """The patients the caller reaches through their own break-the-glass grant and through no
+    other grant for all their data, each with the stated reason (fhir_server/access.py finds
+    them once per request). An answer that holds such a patient's data is an emergency access:
+    the audit trail labels it once it knows whose data the answer held."""
+
+    reasons: Mapping[str, str]
+
+    def reason(self, patients: Iterable[str]) -> str | None:
+        """The reason of the first of ``patients`` reached only in an emergency, if any."""
+        return next((self.reasons[p] for p in patients if p in self.reasons), None)
 
 
 @dataclass(slots=True)
@@ -37,6 +61,7 @@ class Scope:
     staged: int = 0  # change events staged in a transaction during this request
     refusal: Refusal | None = None
     emergency: str | None = None  # the reason of a break-the-glass access
+    emergency_grants: EmergencyGrants | None = None  # None: not looked up (yet)
 
 
 SCOPE: ContextVar[Scope | None] = ContextVar("medikus_audit_scope", default=None)
@@ -66,3 +91,20 @@ def note_break_glass(reason: str) -> None:
     scope = SCOPE.get()
     if scope is not None and reason.strip():
         scope.emergency = reason.strip()
+
+
+def emergency_grants_unknown() -> bool:
+    """Whether the request being answered is audited and its caller's emergency grants have not
+    been looked up yet (for the access layer: look them up at most once per request)."""
+    scope = SCOPE.get()
+    return scope is not None and scope.emergency_grants is None
+
+
+def note_emergency_grants(grants: EmergencyGrants) -> None:
+    """Hands the caller's emergency-only patients to the audit trail (for the access layer):
+    the events of an answer holding data of one of them get purpose BTG with its reason, the
+    security label BTG and a BALP AuthZ decision (permit) per patient, as after
+    :func:`note_break_glass`. No effect outside a request or without an audit trail."""
+    scope = SCOPE.get()
+    if scope is not None:
+        scope.emergency_grants = grants

@@ -2,7 +2,8 @@
 
 Which search parameters put a resource into a patient's compartment; the basis of compartment
 search (``Patient/123/Observation``) and ``Patient/$everything``. Source: the official R4
-CompartmentDefinition in ``definitions/``.
+CompartmentDefinition in ``definitions/``. A patient's *own* records (access.py) follow it except
+for AuditEvent (:func:`in_own_records`).
 """
 
 from __future__ import annotations
@@ -43,3 +44,22 @@ def in_compartment(rtype: str, patient_id: str) -> Criterion | None:
     if rtype == "Patient":
         alternatives.append(Ids((patient_id,)))
     return AnyOf(tuple(alternatives))
+
+
+# Whose AuditEvent it is: the compartment's ``patient`` parameter also matches ``agent.who``, so a
+# patient's attempt on someone else's record would count as their own event (and show them the
+# other patient as its data subject). Their own are those naming them as an entity (BALP: the
+# data subject, role 1, or their Patient resource as the data). Known limit: an event about
+# patient C's change to C's Patient resource linking B names B's Patient as data too.
+_OWN_PARAMS = {"AuditEvent": ("entity",)}
+
+
+def in_own_records(rtype: str, patient_id: str) -> Criterion | None:
+    """The criterion "``rtype`` resource belongs to Patient/``patient_id``'s own record": the
+    compartment, but for AuditEvent only the events about them (not those they are agent of)."""
+    params = _OWN_PARAMS.get(rtype)
+    if params is None:
+        return in_compartment(rtype, patient_id)
+    target = Reference("Patient", patient_id)
+    alternatives = tuple(Match(param, "reference", None, (target,)) for param in params)
+    return alternatives[0] if len(alternatives) == 1 else AnyOf(alternatives)

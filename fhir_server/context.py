@@ -38,6 +38,9 @@ class Settings:
     default_count: int = 50
     max_count: int = 1000
     max_bundle_entries: int = 20_000
+    # Subscription rest-hook endpoints on loopback, private or link-local addresses (SSRF into
+    # the server's own network): refused unless allowed (tests, a subscriber on the same host).
+    allow_private_endpoints: bool = False
 
 
 class Audit(Protocol):

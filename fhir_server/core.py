@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-import orjson
 import uuid_utils
 
 from compliance.keyring import Keyring
-from fhir_server import _http
+from fhir_server import _http, fhir_json
 from fhir_server._sqlstore import SqlAuditLog, SqlRewrap, SqlStore, SqlSubscriptionStore
 from fhir_server._time import Clock, system_clock
 from fhir_server._validation import ResourceValidator
@@ -105,7 +104,7 @@ class RecordCore:
     def rewrap(self, batch: int = 500) -> int:
         """Key rotation without downtime (encryption.rewrap): payloads and search tokens to the
         current master key version, ``batch`` rows per transaction; the number of rows changed."""
-        return rewrap(self._rewrap_store(), self.ctx.indexer.extract, orjson.loads, batch)
+        return rewrap(self._rewrap_store(), self.ctx.indexer.extract, fhir_json.loads, batch)
 
     def key_versions_in_use(self) -> set[int]:
         """Master key versions some payload or search token is still under; a version of the
@@ -143,6 +142,13 @@ class RecordCore:
         database at a time)."""
         if self.audit is not None:
             self.audit.start()
+
+    def security_event(self, kind: str, details: Mapping[str, str]) -> None:
+        """Records a security event of identity or authorisation (compliance/auth_events.py) in
+        the audit trail; only queued, so the login or token request waits no longer. Without an
+        audit trail (tests, tools) nothing is recorded."""
+        if self.audit is not None:
+            self.audit.security(kind, details)
 
     def stop_audit(self) -> None:
         """Writes the queued events and lets the chainer chain them and sign the head."""

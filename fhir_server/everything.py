@@ -3,12 +3,18 @@
 The patient, every resource in the patient's compartment and the resources those refer to
 (practitioners, organisations, medications…), paged by keyset over (type, id). ``_since`` keeps
 resources changed since then, ``_type`` limits the types, ``_count`` sizes the page.
+
+Access: types the caller may not read at all are left out; the keyset query is repeated past
+rows the caller may not see until the page is full, so pages are never short for hidden data,
+and the next link's cursor names the last resource *shown* (never a hidden one).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fhir_server._time import parse_period
-from fhir_server.access import Guard
+from fhir_server.access import READ, Guard
 from fhir_server.bundles import bundle, decode_cursor, encode_cursor, entry, link
 from fhir_server.compartments import patient_compartment
 from fhir_server.context import Context
@@ -18,6 +24,8 @@ from fhir_server.search.sql import everything_statement, references_statement
 from fhir_server.store import StoredVersion
 
 _PARAMS = frozenset({"_since", "_type", "_count", "_cursor", "_format", "_pretty", "start", "end"})
+_MAX_BATCH = 1000  # keys read per query while skipping rows the caller may not see
+Key = tuple[str, str]
 
 
 def everything(
@@ -47,6 +55,7 @@ def everything(
             )
         compartment = {t: p for t, p in compartment.items() if t in wanted}
         include_patient = "Patient" in wanted
+    compartment = {t: p for t, p in compartment.items() if guard.may_see(READ, t)}
     since = None
     if "_since" in query:
         period = parse_period(query["_since"])
@@ -60,13 +69,9 @@ def everything(
         ctx.settings.max_count,
     )
     after = _read_cursor(query.get("_cursor"))
-    statement = everything_statement(
-        id, sorted(compartment.items()), since, after, count + 1, include_patient=include_patient
-    )
-    keys = [(t, i) for t, i in ctx.store.select(statement)]
-    more = len(keys) > count
-    keys = keys[:count]
-    members = ctx.store.fetch(guard.keep_visible(keys))
+    scan = _Scan(id, sorted(compartment.items()), since, include_patient)
+    keys, more = scan.page(ctx, guard, after, count)
+    members = ctx.store.fetch(keys)
     referenced = ctx.store.fetch(
         guard.keep_visible([(v.type, v.id) for v in _referenced(ctx, members)])
     )
@@ -79,6 +84,49 @@ def everything(
     entries = [entry(request.base, v, search={"mode": "match"}) for v in members]
     entries += [entry(request.base, v, search={"mode": "include"}) for v in referenced]
     return FhirResponse(200, bundle("searchset", links, entries))
+
+
+class _Scan:
+    """The keyset query over one patient's compartment."""
+
+    def __init__(
+        self,
+        patient: str,
+        compartment: Sequence[tuple[str, Sequence[str]]],
+        since: int | None,
+        include_patient: bool,
+    ) -> None:
+        self.patient = patient
+        self.compartment = compartment
+        self.since = since
+        self.include_patient = include_patient
+
+    def page(
+        self, ctx: Context, guard: Guard, after: Key | None, count: int
+    ) -> tuple[list[Key], bool]:
+        """The first ``count`` keys after ``after`` the caller may read, and whether another
+        follows them."""
+        shown: list[Key] = []
+        batch = count + 1
+        while True:
+            keys = self._keys(ctx, after, batch)
+            shown += guard.keep_visible(keys)
+            if len(shown) > count:
+                return shown[:count], True
+            if len(keys) < batch:
+                return shown, False
+            after, batch = keys[-1], min(batch * 2, max(_MAX_BATCH, count + 1))
+
+    def _keys(self, ctx: Context, after: Key | None, limit: int) -> list[Key]:
+        statement = everything_statement(
+            self.patient,
+            self.compartment,
+            self.since,
+            after,
+            limit,
+            include_patient=self.include_patient,
+        )
+        return [(t, i) for t, i in ctx.store.select(statement)]
 
 
 def _referenced(ctx: Context, members: list[StoredVersion]) -> list[StoredVersion]:

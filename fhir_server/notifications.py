@@ -22,6 +22,8 @@ leader delivers again what was not acknowledged) and in order per resource (vers
 commit in order, are matched in outbox order and delivered in notification order). Criteria are
 applied to the resource as it is when matched, normally well under a second after the write:
 a version superseded by then notifies if the newer one matches (R4: no notification on delete).
+Only resources the Subscription's owner may read notify (subscription_owner), and a rest-hook
+endpoint on a private address is not served unless the settings allow it (status error).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import httpx
-import orjson
 
+from fhir_server import fhir_json
+from fhir_server.access import READ, Guard
 from fhir_server.context import Context
 from fhir_server.errors import FhirError
 from fhir_server.leadership import lead_until_stopped
@@ -52,7 +55,7 @@ from fhir_server.store import (
     SubscriptionStore,
     VersionConflict,
 )
-from fhir_server.subscriptions import Subscription, parse
+from fhir_server.subscriptions import Subscription, parse, private_endpoint
 from fhir_server.writes import ID, Writes
 
 log = logging.getLogger(__name__)
@@ -191,6 +194,11 @@ class Dispatcher:
             if sub.live and sub.end is not None and sub.end <= self._ctx.clock():
                 self._set_status(sub, "off", None)  # Subscription.end has passed
                 continue
+            if sub.live and self._forbidden_endpoint(sub):
+                message = f"Endpoint {sub.endpoint} is on a private network: not served."
+                if sub.error != message:
+                    self._set_status(sub, "error", message)
+                continue
             subs[sub.id] = sub
         return subs
 
@@ -222,6 +230,9 @@ class Dispatcher:
             for start in range(0, len(ordered), _MATCH_CHUNK):
                 chunk = ordered[start : start + _MATCH_CHUNK]
                 hits |= matching_ids(self._ctx, sub.type, sub.query, chunk)
+            if hits and sub.owner.principal is not None:
+                # Only what the owner may read, with the grants as they are now.
+                hits = Guard(self._ctx, sub.owner.principal).visible(sub.type, hits, READ)
         except FhirError as error:
             # Accepted when written, but no longer a search this server runs (an upgrade).
             message = f"Subscription.criteria cannot be evaluated: {error.diagnostics}"
@@ -229,6 +240,12 @@ class Dispatcher:
                 self._set_status(sub, "error", message)
             return set()
         return hits
+
+    def _forbidden_endpoint(self, sub: Subscription) -> bool:
+        """A rest-hook endpoint the settings no longer allow (accepted under other settings)."""
+        if sub.channel != "rest-hook" or sub.endpoint is None:
+            return False
+        return not self._ctx.settings.allow_private_endpoints and private_endpoint(sub.endpoint)
 
     def _schedule(self, subs: dict[str, Subscription]) -> None:
         assert self._executor is not None and self._http is not None, "open() first"
@@ -292,7 +309,7 @@ class Dispatcher:
                 current = uow.current("Subscription", sub.id)
                 if current is None or current.content is None or current.version != sub.version:
                     return  # changed meanwhile: the next round decides again
-                resource = orjson.loads(current.content)
+                resource = fhir_json.loads(current.content)
                 resource["status"] = status
                 if error is None:
                     resource.pop("error", None)

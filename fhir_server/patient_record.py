@@ -16,8 +16,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Final
 
-import orjson
-
+from fhir_server import fhir_json
 from fhir_server.compartments import patient_compartment
 from fhir_server.context import Context
 from fhir_server.search.sql import Compiler
@@ -101,7 +100,7 @@ def deleted_members(ctx: Context) -> Iterator[DeletedMember]:
         version = last_live_version(ctx, rtype, id)
         if version is None or version.content is None:
             continue
-        rows = ctx.indexer.extract(orjson.loads(version.content))
+        rows = ctx.indexer.extract(fhir_json.loads(version.content))
         patients = frozenset(
             row.target_id
             for row in rows.references

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from compliance.principal import Principal
+from fhir_server import fhir_json
 from fhir_server._time import format_http_date, format_instant
 from fhir_server.errors import Category, FhirError, information
 from fhir_server.store import StoredVersion
@@ -112,7 +113,7 @@ def parse_json(body: bytes) -> Any:
     if not body:
         raise FhirError(Category.INVALID, "The request has no body.")
     try:
-        parsed = orjson.loads(body)
+        parsed = fhir_json.loads(body)  # decimals keep their digits (datatypes.html#decimal)
     except orjson.JSONDecodeError as exc:
         raise FhirError(Category.INVALID, f"The body is not valid JSON: {exc}") from exc
     if _has_control_character(body):
@@ -136,7 +137,7 @@ class FhirResponse:
     def json(cls, status: int, payload: Any, headers: dict[str, str] | None = None) -> FhirResponse:
         return cls(
             status,
-            orjson.dumps(payload),
+            fhir_json.dumps(payload),
             headers or {},
             payload if isinstance(payload, dict) else None,
         )

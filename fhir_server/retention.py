@@ -105,7 +105,7 @@ class RetentionJob:
     )
     # Called with the patient id after each expunge, for data kept outside the record core's
     # tables (e.g. patient accounts and links of the identity store); failures are reported.
-    on_expunged: Sequence[Callable[[str], None]] = ()
+    on_expunged: Sequence[Callable[[str], object]] = ()
 
     def __post_init__(self) -> None:
         self._links = compartment_links()

@@ -4,6 +4,10 @@ their parsed form for the dispatcher (``notifications``).
 Accepted: ``criteria`` ``Type`` or ``Type?query`` that a search of Type would accept; channel type
 rest-hook with an http(s) endpoint, or websocket (subscription.html#channels); ``payload`` absent
 (notification only) or JSON; ``header`` entries ``Name: value``. Anything else is refused with 422.
+A rest-hook endpoint on a loopback, private, link-local or otherwise special address (or named
+``localhost``) is refused unless ``Settings.allow_private_endpoints``: the server must not be
+made to send requests into its own network (SSRF). Known limit: a host name is not resolved, so a
+public name pointing at a private address passes. Who is notified of what: subscription_owner.
 A client submits status requested, active or off (R4B: "a client can only submit requested or
 off"; active is accepted so that a read-modify-write works); requested becomes active at once.
 Only the server sets error (delivery failed repeatedly) and off (``end`` passed).
@@ -11,7 +15,9 @@ Only the server sets error (delivery failed repeatedly) and off (``end`` passed)
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -23,6 +29,7 @@ from fhir_server.context import Context, Validator
 from fhir_server.errors import Category, FhirError
 from fhir_server.search_type import matching_ids
 from fhir_server.store import StoredVersion
+from fhir_server.subscription_owner import Owner, owner_of
 
 CHANNELS = ("rest-hook", "websocket")
 CLIENT_STATUSES = ("requested", "active", "off")
@@ -48,6 +55,7 @@ class Subscription:
     headers: tuple[tuple[str, str], ...]
     end: int | None  # epoch µs after which the server turns the subscription off
     error: str | None
+    owner: Owner  # whose access bounds the notifications
 
     @property
     def live(self) -> bool:
@@ -89,7 +97,7 @@ def accept(ctx: Context, resource: dict[str, Any]) -> None:
             "by the server; submit requested to activate the subscription again).",
         )
     check_criteria(ctx, resource.get("criteria"))
-    _check_channel(resource.get("channel"))
+    _check_channel(resource.get("channel"), ctx.settings.allow_private_endpoints)
     if status in ("requested", "active"):
         resource["status"] = "active"
         resource.pop("error", None)  # the error of an earlier failure no longer holds
@@ -117,7 +125,7 @@ def check_criteria(ctx: Context, criteria: Any) -> tuple[str, str]:
     return rtype, query
 
 
-def _check_channel(channel: Any) -> None:
+def _check_channel(channel: Any, allow_private: bool) -> None:
     if not isinstance(channel, dict) or channel.get("type") not in CHANNELS:
         kind = channel.get("type") if isinstance(channel, dict) else None
         _refuse(
@@ -128,6 +136,16 @@ def _check_channel(channel: Any) -> None:
         _refuse(
             "Subscription.channel.endpoint",
             f"A rest-hook needs an http or https endpoint, not '{channel.get('endpoint')}'.",
+        )
+    if (
+        channel["type"] == "rest-hook"
+        and not allow_private
+        and private_endpoint(channel["endpoint"])
+    ):
+        _refuse(
+            "Subscription.channel.endpoint",
+            "Endpunkt in einem privaten oder lokalen Netz ist nicht erlaubt / an endpoint on a "
+            f"loopback, private or link-local address is not allowed: '{channel['endpoint']}'.",
         )
     payload = channel.get("payload")
     if payload is not None and _media_type(payload) not in _PAYLOADS:
@@ -151,6 +169,27 @@ def _is_http_url(value: Any) -> bool:
         return False
 
 
+def private_endpoint(url: str) -> bool:
+    """Whether ``url`` names this host or an address outside the public internet (by its
+    literal address or the name localhost; names are not resolved)."""
+    try:
+        host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    except ValueError:
+        return True
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
+    except ValueError:
+        try:  # the forms inet_aton reads too: "127.1", "2130706433", "0x7f.1"
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return False  # a name
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not address.is_global or address.is_multicast
+
+
 def _media_type(value: Any) -> str | None:
     return value.split(";")[0].strip().lower() if isinstance(value, str) else None
 
@@ -167,7 +206,8 @@ def parse(stored: StoredVersion) -> Subscription | None:
     resource = orjson.loads(stored.content)
     channel = resource.get("channel") or {}
     criteria = resource.get("criteria")
-    if not isinstance(criteria, str) or channel.get("type") not in CHANNELS:
+    owner = owner_of(resource)
+    if not isinstance(criteria, str) or channel.get("type") not in CHANNELS or owner is None:
         return None
     rtype, _, query = criteria.partition("?")
     headers = []
@@ -188,4 +228,5 @@ def parse(stored: StoredVersion) -> Subscription | None:
         headers=tuple(headers),
         end=end[0] if end else None,
         error=resource.get("error"),
+        owner=owner,
     )

@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
+from fhir_server import fhir_json
 from fhir_server.errors import Category, FhirError
 
 SUMMARY_MODES = ("true", "false", "text", "data", "count")
@@ -42,7 +41,7 @@ def subset(
     """The stored JSON reduced per ``_summary`` (true/text/data) or ``_elements``."""
     if summary is None and elements is None:
         return content
-    resource: dict[str, Any] = orjson.loads(content)
+    resource: dict[str, Any] = fhir_json.loads(content)
     rtype = resource["resourceType"]
     summary_elements, mandatory = info(rtype)
     if summary == "true":
@@ -58,4 +57,4 @@ def subset(
     meta = dict(reduced.get("meta") or {})
     meta["tag"] = [*(meta.get("tag") or []), SUBSETTED]
     reduced["meta"] = meta
-    return orjson.dumps(reduced)
+    return fhir_json.dumps(reduced)

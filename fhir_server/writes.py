@@ -8,14 +8,13 @@ end, checks that every local reference resolves.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jsonpatch
-import orjson
 
 from compliance.policy import Interaction
-from fhir_server import relations
+from fhir_server import fhir_json, relations
 from fhir_server._time import format_instant
 from fhir_server.access import CREATE, DELETE, UPDATE, Guard, not_known
 from fhir_server.audit_scope import note_refusal
@@ -25,6 +24,7 @@ from fhir_server.references import is_unresolved, local_target, references_in
 from fhir_server.request import is_whole_number
 from fhir_server.resource_types import REFUSED, r4_types, supported_types
 from fhir_server.store import NewVersion, StoredVersion, UnitOfWork, VersionConflict
+from fhir_server.subscription_owner import with_owner
 
 ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _ETAG = re.compile(r'^(?:W/)?"(?P<v>[^"]+)"$')
@@ -81,10 +81,14 @@ class Writes:
     """The writes of one unit of work."""
 
     def __init__(self, ctx: Context, uow: UnitOfWork, now: int, guard: Guard | None = None) -> None:
-        self.ctx = ctx
         self.uow = uow
         self.now = now
         self.guard = guard or Guard(ctx, None)
+        # Ids this unit of work assigns (ctx.new_id) are new by construction: a restricted
+        # caller may create them by PUT (a conditional update without a match), see _check_visible.
+        self._new_id = ctx.new_id
+        self._assigned: set[str] = set()
+        self.ctx = replace(ctx, new_id=self._assign_id)
         # Versions written, checked against the caller's access once relations are current.
         self._written: dict[tuple[str, str], bool] = {}  # (type, id) -> created
         self._relations = relations.Tracker()
@@ -126,7 +130,7 @@ class Writes:
             raise absent(rtype, id, prior)
         self._check_match(rtype, id, prior, if_match)
         try:
-            patched = jsonpatch.apply_patch(orjson.loads(prior.content), operations)
+            patched = jsonpatch.apply_patch(fhir_json.loads(prior.content), operations)
         except (
             jsonpatch.JsonPatchException,
             jsonpatch.JsonPointerException,
@@ -171,13 +175,24 @@ class Writes:
         if self.ctx.audit is not None:  # audit hook (H3): change events, in this transaction
             self.ctx.audit.changes(self.uow, self.audited)
 
+    def _assign_id(self) -> str:
+        id = self._new_id()
+        self._assigned.add(id)
+        return id
+
     def _check_visible(
         self, rtype: str, id: str, prior: StoredVersion | None, interaction: Interaction
     ) -> None:
-        """An existing resource the caller may not see is "not known" (like a missing one)."""
-        self.guard.require(interaction, rtype)
-        if self.guard.unrestricted or prior is None or prior.deleted:
+        """An existing resource the caller may not see is "not known" (like a missing one). For a
+        caller who does not see every row of the type, a missing or deleted one is "not known"
+        too: no update-as-create, no 204 for deleting nothing, or the answers would tell hidden
+        ids from unused ones. Ids this unit of work assigned itself may be created."""
+        if self.guard.restriction(interaction, rtype) is None:  # 403 if not allowed at all
             return
+        if prior is None or prior.deleted:
+            if interaction is UPDATE and prior is None and id in self._assigned:
+                return
+            raise not_known(rtype, id)
         if id not in self.guard.visible(rtype, (id,), interaction, db=self.uow):
             raise not_known(rtype, id)
 
@@ -254,6 +269,9 @@ class Writes:
         ``prior``: the version it replaces, as read (for the audit)."""
         version = rendered.version
         self.guard.require(CREATE if version.prior is None else UPDATE, version.type)
+        if version.type == "Subscription":
+            rendered = self._owned(rendered)
+            version = rendered.version
         self._relations.before_change(self.uow, version)
         self.uow.put(version)
         self.audited.append((version, prior))
@@ -262,6 +280,13 @@ class Writes:
         if self.ctx.settings.enforce_references:
             self._collect_targets(rendered.version.content or b"")
         return rendered.stored
+
+    def _owned(self, rendered: Rendered) -> Rendered:
+        """A Subscription carries its writer's access (subscription_owner), so that its
+        notifications stay within what the writer may read."""
+        v = rendered.version
+        resource = with_owner(self.ctx, self.guard, fhir_json.loads(v.content or b"{}"))
+        return render(self.ctx, resource, v.id, v.version, v.prior, v.method, v.last_updated)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +313,7 @@ def render(
     meta["lastUpdated"] = format_instant(now)
     body = {k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")}
     stored_json = {"resourceType": rtype, "id": id, "meta": meta, **body}
-    content = orjson.dumps(stored_json)
+    content = fhir_json.dumps(stored_json)
     index = ctx.indexer.extract(stored_json)
     new = NewVersion(rtype, id, version, now, method, content, index, prior=prior)
     return Rendered(new, StoredVersion(rtype, id, version, now, False, method, content))

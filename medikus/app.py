@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 
 from compliance._http import install_auth
 from compliance.auth import AuthServices
+from compliance.auth_events import EventSink
 from compliance.identity import AuthenticationFailed
 from compliance.principal import Principal, Unauthenticated
 from fhir_server.context import Settings
@@ -86,6 +87,17 @@ def _security_log(kind: str, details: Mapping[str, Any]) -> None:
     _security.info("%s %s", kind, dict(details))
 
 
+def _security_sink(core: RecordCore) -> EventSink:
+    """The sink of the auth services' security events: the log, and an AuditEvent in the
+    tamper-evident trail (queued: the sink is called inside the login or token request)."""
+
+    def sink(kind: str, details: Mapping[str, str]) -> None:
+        _security_log(kind, details)
+        core.security_event(kind, details)
+
+    return sink
+
+
 def _authenticator(auth: AuthServices) -> Authenticate:
     """The bearer-token check of the FHIR API, in the record core's terms."""
 
@@ -151,9 +163,9 @@ def create_app(
         limit=_rate_limit(config, clock),
     )
     if auth is not None:
-        auth.events.connect(_security_log)
+        auth.events.connect(_security_sink(core))
+        install_auth(app, auth)  # first: its /fhir/.well-known route precedes the FHIR routes
         core.install(app, authenticate=_authenticator(auth))
-        install_auth(app, auth)
     else:
         core.install(app)  # an injected record core without identity: tests acting as the system
 

@@ -22,6 +22,8 @@ from medikus.backup import backup, restore
 from medikus.config import Config
 from medikus.keys_cli import activate_master_key, rewrap, rotate_master_key
 from medikus.rights_cli import register as register_rights
+from medikus.station_cli import station as station_group
+from medikus.station_demo import prepare_demo_station
 
 
 @click.group()
@@ -143,11 +145,19 @@ def demo(port: int) -> None:
             url,
         ],
     )
+    station: subprocess.Popen[bytes] | None = None
     try:
         _wait_ready(base, server)
         tokens = _system_tokens()
         if _patient_count(base, tokens()) == 0:
             _load(f"{base}/fhir", None, 4, tokens)
+        station_config = prepare_demo_station(config, base, tokens())
+        station = subprocess.Popen(  # nosec B603 # fixed argv: our own station, simulated devices
+            [
+                *(sys.executable, "-m", "medikus", "station", "run", "--simulate"),
+                *("--config", str(station_config)),
+            ],
+        )
         click.echo(f"""
 Medi-KUS läuft / is running (Datenbank: {url})
   FHIR-Schnittstelle:  {base}/fhir
@@ -155,6 +165,8 @@ Medi-KUS läuft / is running (Datenbank: {url})
   Patienten:           {base}/fhir/Patient
   API-Dokumentation:   {base}/docs
   Anmeldung (SMART):   {base}/.well-known/smart-configuration
+  Pilotzentrum:        simulierte Messgeräte senden an / simulated devices stream to the
+                       first demo patient (medikus station status --config {station_config})
 Jede FHIR-Anfrage braucht ein Token / every FHIR request needs a bearer token, e.g.:
   MEDIKUS_KEY_FILE={key_file or "…"} .venv/bin/medikus admin token --scope 'system/*.rs'
 Beenden mit Strg+C.""")
@@ -162,6 +174,9 @@ Beenden mit Strg+C.""")
     except KeyboardInterrupt:
         pass
     finally:
+        if station is not None:
+            station.terminate()
+            station.wait(timeout=30)
         server.terminate()
         server.wait(timeout=30)
 
@@ -205,3 +220,4 @@ main.add_command(restore)
 for _command in (rotate_master_key, activate_master_key, rewrap):
     admin_group.add_command(_command)
 register_rights(main)
+main.add_command(station_group)

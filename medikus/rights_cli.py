@@ -17,7 +17,8 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
@@ -31,6 +32,7 @@ from medikus.auth_setup import keyring_from
 from medikus.config import Config
 
 if TYPE_CHECKING:
+    from compliance._sqlstore import AuthStore
     from fhir_server._sqlstore import SqlStore
     from fhir_server.context import Context
     from fhir_server.request import FhirResponse
@@ -103,11 +105,25 @@ def _sql_store(ctx: Context) -> SqlStore:
     return ctx.store
 
 
-def _job(ctx: Context) -> RetentionJob:
+def _job(ctx: Context, on_expunged: Sequence[Callable[[str], object]] = ()) -> RetentionJob:
     from fhir_server._sqlstore import SqlRetentionStore
     from fhir_server.retention import RetentionJob
 
-    return RetentionJob(ctx, SqlRetentionStore(_sql_store(ctx)), principal=_operator())
+    return RetentionJob(
+        ctx, SqlRetentionStore(_sql_store(ctx)), principal=_operator(), on_expunged=on_expunged
+    )
+
+
+@contextmanager
+def _identity(url: str) -> Iterator[AuthStore]:
+    """The identity store on the same database: an expunged patient's accounts and links go too."""
+    from compliance._sqlstore import AuthStore
+
+    store = AuthStore.open(url, clock_s=lambda: int(time.time()))
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 # --- retention ----------------------------------------------------------------------------------
@@ -127,8 +143,10 @@ def run_command(
     database_url: str | None, key_file: Path | None, dry_run: bool, limit: int | None
 ) -> None:
     """Löscht Akten nach Ablauf der Frist / expunges the records whose period has ended."""
-    with _context(database_url, _keyring(key_file)) as ctx:
-        report = _job(ctx).run(dry_run=dry_run, limit=limit)
+    url = database_url or Config().resolved_database_url()
+    with _context(url, _keyring(key_file)) as ctx, _identity(url) as identity:
+        job = _job(ctx, on_expunged=() if dry_run else (identity.forget_patient,))
+        report = job.run(dry_run=dry_run, limit=limit)
     verb = "würde gelöscht / would be expunged" if dry_run else "gelöscht / expunged"
     for result in report.results:
         patient = result.assessment.patient

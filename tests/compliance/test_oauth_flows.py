@@ -77,6 +77,8 @@ def patient_tokens(http: TestClient, auth: AuthServices) -> dict[str, Any]:
 
 def test_smart_configuration(http: TestClient) -> None:
     config = http.get("/.well-known/smart-configuration").json()
+    # SMART 2.0 §2.1: also at the FHIR base, without a token
+    assert http.get("/fhir/.well-known/smart-configuration").json() == config
     assert config["code_challenge_methods_supported"] == ["S256"]  # never "plain"
     assert config["authorization_endpoint"] == BASE + "/auth/authorize"
     assert config["token_endpoint"] == BASE + "/auth/token"

@@ -285,6 +285,33 @@ def test_writes_stay_within_reach(record: RecordCore, world: dict[str, str]) -> 
     assert total(call(record, SYSTEM, "GET", "Observation")) == 2
 
 
+def test_writes_to_unknown_ids_answer_like_hidden_ones(
+    record: RecordCore, world: dict[str, str]
+) -> None:
+    """No update-as-create and no 204 for deleting nothing for callers who do not see every
+    row: the answers for B's hidden Observation and an unused id would tell them apart."""
+    d1 = doctor(world["mvz1"], world["docA"])
+    own = ok(call(record, SYSTEM, "GET", f"Observation/{world['obsA']}"))  # within reach
+    answers = {}
+    for id in (world["obsB"], "unused-id"):
+        body = {**own, "id": id}
+        put = call(record, d1, "PUT", f"Observation/{id}", body)
+        deleted = call(record, d1, "DELETE", f"Observation/{id}")
+        answers[id] = [(r.status, r.body.replace(id.encode(), b"<id>")) for r in (put, deleted)]
+    assert answers[world["obsB"]] == answers["unused-id"]
+    assert [status for status, _ in answers["unused-id"]] == [404, 404]
+    # A deleted resource is not known to them either (no re-creation by PUT).
+    ok(call(record, d1, "DELETE", f"Observation/{world['obsA']}"), 204)
+    assert call(record, d1, "DELETE", f"Observation/{world['obsA']}").status == 404
+    assert call(record, d1, "PUT", f"Observation/{world['obsA']}", own).status == 404
+    # An id the server assigns is new by construction: a conditional update without a match
+    # creates; the system (sees every row) still has update-as-create.
+    fresh = {k: v for k, v in own.items() if k not in ("id", "meta")}
+    created = call(record, d1, "PUT", "Observation", fresh, [("identifier", "urn:x|none")])
+    assert ok(created, 201)["subject"] == own["subject"]
+    ok(call(record, SYSTEM, "PUT", "Observation/system-made", {**fresh, "id": "system-made"}), 201)
+
+
 def test_audit_events_are_read_only(record: RecordCore, world: dict[str, str]) -> None:
     event = {
         "resourceType": "AuditEvent",

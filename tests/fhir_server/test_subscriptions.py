@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -23,9 +23,16 @@ import pytest
 from fastapi.testclient import TestClient
 from websockets.sync.client import connect
 
+from compliance.keyring import Keyring
+from compliance.principal import Principal
+from compliance.scopes import parse_scopes
+from fhir_server.context import Settings
 from fhir_server.core import RecordCore
+from fhir_server.errors import Category, FhirError
 from fhir_server.notifications import DeliverySettings, Dispatcher
 from fhir_server.request import FhirRequest
+from fhir_server.subscription_owner import OWNER_URL, owner_extension
+from fhir_server.subscriptions import accept
 from tests.conftest import Clock, ServerProcess
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -129,8 +136,21 @@ def servers() -> Iterator[list[ServerProcess]]:
         server.stop()
 
 
+# The subscriber listens on 127.0.0.1: endpoints on private addresses must be allowed.
+PRIVATE_ENDPOINTS = {"MEDIKUS_ALLOW_PRIVATE_ENDPOINTS": "true"}
+
+
+@pytest.fixture
+def record(database_url: str, clock: Clock, keyring: Keyring) -> Iterator[RecordCore]:
+    """The in-process record core (as tests/conftest.py's) with private endpoints allowed."""
+    settings = Settings(max_body_bytes=2 * 1024 * 1024, allow_private_endpoints=True)
+    core = RecordCore.open(database_url, clock=clock, settings=settings, keyring=keyring)
+    yield core
+    core.close()
+
+
 def start(servers: list[ServerProcess], database_url: str, workers: int = 1) -> ServerProcess:
-    server = ServerProcess(database_url, workers=workers).start()
+    server = ServerProcess(database_url, workers=workers, env=PRIVATE_ENDPOINTS).start()
     servers.append(server)
     return server
 
@@ -564,3 +584,93 @@ def test_requested_becomes_active_and_the_rules_hold_in_transactions(client: Tes
     response = client.post("/fhir", content=bundle, headers=FHIR_JSON)
     assert response.status_code == 422, response.text
     assert client.get("/fhir/Subscription").json()["total"] == 1
+
+
+# --- whose subscription it is, and where it may send -------------------------------------------
+
+
+def as_principal(
+    record: RecordCore, principal: Principal, method: str, path: str, resource: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    request = FhirRequest(
+        method=method,
+        path=path,
+        headers={"content-type": "application/fhir+json", "prefer": "return=representation"},
+        body=orjson.dumps(resource),
+        principal=principal,
+    )
+    response = record.handle(request)
+    return response.status, orjson.loads(response.body)
+
+
+def backend(scope: str) -> Principal:
+    return Principal(subject="station", client_id="station", scopes=parse_scopes(scope))
+
+
+def categorised(category: str) -> dict[str, Any]:
+    system = "http://terminology.hl7.org/CodeSystem/observation-category"
+    return {
+        **observation(WATCHED),
+        "category": [{"coding": [{"system": system, "code": category}]}],
+    }
+
+
+def test_notifications_stay_within_the_owners_reach(
+    record: RecordCore, dispatcher: Dispatcher, subscriber: Subscriber
+) -> None:
+    """The creator's access is recorded with the Subscription (a claimed owner in the body is
+    replaced) and bounds what is delivered; criteria beyond it are refused."""
+    station = backend("system/Subscription.cruds system/Observation.rs?category=laboratory")
+    forged = {"url": OWNER_URL, "extension": [{"url": "system", "valueBoolean": True}]}
+    body = {**subscription(subscriber.url), "criteria": "Observation", "extension": [forged]}
+    status, created = as_principal(record, station, "POST", "Subscription", body)
+    assert status == 201, created
+    owner = [e for e in created["extension"] if e["url"] == OWNER_URL]
+    assert owner == [owner_extension(station)]
+    assert {"url": "client", "valueString": "station"} in owner[0]["extension"]
+
+    write(record, "POST", "Observation", categorised("vital-signs"))
+    lab = write(record, "POST", "Observation", categorised("laboratory"))
+    dispatcher.step(wait=True)
+    assert [h.version()[0] for h in subscriber.hits] == [lab["id"]]
+
+    # Criteria on a type the creator may not search at all: refused.
+    status, _ = as_principal(
+        record, station, "POST", "Subscription", {**body, "criteria": "Condition"}
+    )
+    assert status == 403
+    # An in-process update by the system (the dispatcher's status changes) keeps the owner.
+    off = write(record, "PUT", f"Subscription/{created['id']}", {**created, "status": "off"})
+    assert [e for e in off["extension"] if e["url"] == OWNER_URL] == owner
+
+
+def test_private_endpoints_are_refused_unless_allowed(
+    record: RecordCore, subscriber: Subscriber
+) -> None:
+    strict = replace(record.ctx, settings=Settings())
+    for endpoint in (
+        "http://127.0.0.1:8080/hook",
+        "http://localhost/hook",
+        "https://10.1.2.3/fhir",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/hook",
+        "http://[::ffff:192.168.0.1]/hook",
+        "http://2130706433/hook",  # 127.0.0.1 as one number
+    ):
+        with pytest.raises(FhirError) as refused:
+            accept(strict, subscription(endpoint))
+        assert refused.value.category is Category.UNPROCESSABLE, endpoint
+    accept(strict, subscription("https://hook.example.org/fhir"))
+    # Accepted under other settings: not served under these (status error, nothing sent).
+    sub = write(record, "POST", "Subscription", subscription(subscriber.url))
+    assert record.subscriptions is not None
+    strict_dispatcher = Dispatcher(strict, record.subscriptions, DeliverySettings())
+    strict_dispatcher.open()
+    try:
+        write(record, "POST", "Observation", observation(WATCHED))
+        strict_dispatcher.step(wait=True)
+    finally:
+        strict_dispatcher.close()
+    assert subscriber.hits == []
+    stored = read(record, f"Subscription/{sub['id']}")
+    assert stored["status"] == "error" and "private network" in stored["error"]

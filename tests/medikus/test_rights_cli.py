@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,14 +16,18 @@ from typing import Any
 
 import orjson
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 
+from compliance._sqlstore import join_grant
 from compliance.keyring import Keyring
 from compliance.principal import system_principal
 from fhir_server._time import to_micros
 from fhir_server.core import RecordCore
 from fhir_server.request import FhirRequest
+from medikus.auth_setup import open_auth
 from medikus.cli import main
+from medikus.config import Config
 from tests.conftest import Clock
 
 MEDIKUS = Path(sys.executable).with_name("medikus")
@@ -44,11 +49,19 @@ def medikus(url: str, *args: str) -> Ran:
     return Ran(result.exit_code, result.stdout, result.stderr)
 
 
-def medikus_process(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def medikus_process(
+    url: str, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """The installed console script as a real process."""
     env = {**os.environ, "MEDIKUS_DATABASE_URL": url}
     return subprocess.run(
-        [str(MEDIKUS), *args], capture_output=True, text=True, timeout=120, env=env, check=False
+        [str(MEDIKUS), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+        input=stdin,
     )
 
 
@@ -116,10 +129,27 @@ def test_retention_commands(database_url: str, seeded: tuple[Seeder, dict[str, s
     assert f"Patient/{held}: fällig, aber gesperrt" in dry.stdout
     assert seeder.exists(old)  # a dry run changes nothing
 
+    # The patient's account and video join link live in the identity store: they go too.
+    account = medikus_process(
+        database_url,
+        *("admin", "create-user", "altmann", "--role", "patient", "--name", "E. Altmann"),
+        *("--patient", old, "--password-stdin"),
+        stdin="Kuseler-Bergland-2014!",
+    )
+    assert account.returncode == 0, account.stderr
+    with closing(open_auth(Config(), database_url=database_url)) as auth:
+        auth.join.issue_link(f"Patient/{old}", "Appointment/a1")
+        auth.join.issue_link(f"Patient/{held}", "Appointment/a2")
+
     run = medikus(database_url, "retention", "run")
     assert run.returncode == 0, run.stderr
     assert f"Patient/{old}: gelöscht" in run.stdout and "Observation 1" in run.stdout
     assert not seeder.exists(old) and seeder.exists(held)
+    with closing(open_auth(Config(), database_url=database_url)) as auth:
+        assert auth.identity.account("altmann") is None
+        with auth.store._read() as c:
+            subjects = set(c.execute(sa.select(join_grant.c.subject)).scalars())
+    assert f"Patient/{old}" not in subjects and f"Patient/{held}" in subjects
 
     removed = medikus(
         database_url, "retention", "hold", "remove", held, "--reason", "Verfahren beendet"

@@ -666,11 +666,6 @@ def test_oracle_decides_the_spec_examples(resource_type: str, query: str, expect
     assert oracle.search(resource_type, decoded) == set(expected.split())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the server re-serialises decimals through float: 0.70 is stored as 0.7, which "
-    "changes its precision and so its search range (https://hl7.org/fhir/R4/datatypes.html#decimal)",
-)
 def test_stored_decimals_keep_their_precision(client: TestClient) -> None:
     """The oracle reads precision from the stored JSON; it must be the precision written."""
     body = (

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Debian packages the system needs beyond Python: dbus-daemon (the station's simulated BlueZ runs
+# on a private bus; make demo and the tests use it). Installs them when root, else says how.
+set -euo pipefail
+missing=()
+command -v dbus-daemon >/dev/null || missing+=(dbus)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "Installing the Debian packages ${missing[*]} ..."
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+    echo "Missing Debian packages: run 'sudo apt-get install ${missing[*]}' and try again." >&2
+    exit 1
+fi

@@ -100,17 +100,7 @@ class Server:
 
     def stop(self) -> None:
         """SIGTERM to the process group, SIGKILL after 20 s; safe to call twice."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=20)
-        except ProcessLookupError:
-            pass
+        stop_group(self.process)
 
     def group_pids(self) -> list[int]:
         """Every live process of the server's process group (the master and its workers)."""
@@ -185,3 +175,17 @@ def _cmdline(pid: int) -> bytes:
 def _parent(pid: int) -> int | None:
     stat = _stat(pid)
     return None if stat is None else _field(stat, 1)
+
+
+def stop_group(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM to a process group started with ``start_new_session``, SIGKILL after 20 s."""
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=20)
+    except ProcessLookupError:
+        pass

@@ -31,29 +31,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
+import logging
 import math
 import os
 import random
-import signal
 import sqlite3
 import struct
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import ExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
 
 from bench.databases import KINDS, Database, backend_pids, fresh
 from bench.reads import percentile
-from bench.server import Server, cpu_seconds, load_average
+from bench.server import Server, cpu_seconds, load_average, stop_group
 from devices.assignment import Assignments
 from devices.credentials import StationKey
 from devices.outbox import Outbox, State, open_database
@@ -145,7 +147,7 @@ class Sample:
 class Throughput:
     devices: int
     window_s: float
-    offered_per_s: float  # notifications the simulated devices sent (glucose records included)
+    offered_per_s: float  # notifications the streams' schedule sends (glucose syncs on top)
     stored_per_s: float  # readings appended to the outbox
     uploaded_per_s: float  # outbox items marked uploaded
     observations_per_s: float  # Observations the record core gained
@@ -157,6 +159,7 @@ class Throughput:
     dropped: int  # notifications the simulator dropped (device not subscribed at that moment)
     cpu: dict[str, float]  # share of one core, per party; "machine" = share of all cores
     cores: int
+    workers: int  # the server's: it can use at most min(workers, cores) cores
 
     def backlog(self, where: float) -> int:
         """The sample nearest ``where`` (0 = start, 0.5 = middle, 1 = end of the window)."""
@@ -179,7 +182,7 @@ class Throughput:
             return "machine CPU: every core busy (station, server and simulator share them)"
         if self.cpu["station"] >= 0.85:
             return "station CPU: its one asyncio process is saturated"
-        if self.cpu["server"] >= 0.85:
+        if self.cpu["server"] >= 0.85 * min(self.workers, self.cores):
             return "server CPU"
         if self.cpu["iowait"] >= 0.2:
             return "disk: fsyncs of the outbox (iowait)"
@@ -236,6 +239,29 @@ def create_patient(server: Server, family: str) -> str:
     return str(response.json()["id"])
 
 
+def _config(
+    name: str, server: str, key_file: Path, state_dir: Path, devices: Sequence[DeviceConfig]
+) -> str:
+    """The station's TOML configuration (devices/config.py)."""
+    lines = [
+        f'station_id = "bench-{name}"',
+        f'record_core = "{server}/fhir"',
+        f'client_id = "{CLIENT_ID}"',
+        f'key_file = "{key_file}"',
+        f'state_dir = "{state_dir}"',
+        f'time_zone = "{ZONE}"',
+        "max_backoff_s = 1.0",
+    ]
+    for device in devices:
+        lines += ["[[devices]]", f'address = "{device.address}"', f'kind = "{KIND[device.kind]}"']
+        lines += [f'pin = "{device.pin}"'] if device.pin else []
+    return "\n".join(lines) + "\n"
+
+
+def _utc() -> datetime:
+    return datetime.now(UTC)
+
+
 class StationProcess:
     """``medikus station run`` for ``devices``, each checked in for its own patient."""
 
@@ -249,44 +275,36 @@ class StationProcess:
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(rig.key.to_json())
-        lines = [
-            f'station_id = "bench-{name}"',
-            f'record_core = "{rig.server.base}/fhir"',
-            f'client_id = "{CLIENT_ID}"',
-            f'key_file = "{key_file}"',
-            f'state_dir = "{self.state_dir}"',
-            f'time_zone = "{ZONE}"',
-            "max_backoff_s = 1.0",
-        ]
-        for device in devices:
-            lines += [
-                "[[devices]]",
-                f'address = "{device.address}"',
-                f'kind = "{KIND[device.kind]}"',
-            ]
-            lines += [f'pin = "{device.pin}"'] if device.pin else []
-        self.config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        self.patients: dict[str, str] = {}
+        self.config.write_text(
+            _config(name, rig.server.base, key_file, self.state_dir, devices), encoding="utf-8"
+        )
+        self.patients = self._check_in(rig, devices)
+        self.bus_address = rig.bus.address
+        self.process: subprocess.Popen[bytes] | None = None
+        self.bus_lost: asyncio.Future[None] | None = None  # set while the simulator runs
+
+    def _check_in(self, rig: Rig, devices: Sequence[DeviceConfig]) -> dict[str, str]:
+        """A new patient per device, checked in there; device address → patient id."""
+        patients = {}
         database = open_database(self.database_path)
         try:
             assignments = Assignments(database)
-            at = datetime.now(UTC) - timedelta(days=60)  # covers the meter's stored records
+            at = _utc() - timedelta(days=60)  # covers the meter's stored records
             for device in devices:
                 rig.patients += 1
                 patient = create_patient(rig.server, f"Station{rig.patients:04d}")
                 assignments.check_in(patient, device.address, at=at)
-                self.patients[device.address] = patient
+                patients[device.address] = patient
         finally:
             database.close()
-        self.bus_address = rig.bus.address
-        self.process: subprocess.Popen[bytes] | None = None
+        return patients
 
     @property
     def database_path(self) -> Path:
         return self.state_dir / "station.sqlite3"
 
-    @contextmanager
-    def running(self) -> Iterator[StationProcess]:
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[StationProcess]:
         command = [sys.executable, "-m", "medikus", "station", "run", "--config", str(self.config)]
         env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": self.bus_address}
         with self.log.open("wb") as log:
@@ -297,22 +315,17 @@ class StationProcess:
         try:
             yield self
         finally:
-            self.stop()
+            # In a thread: the loop must keep serving the simulated BlueZ while the station
+            # disconnects its devices, or the station waits for answers that never come.
+            await asyncio.shield(asyncio.to_thread(self.stop))
 
     def stop(self) -> None:
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=20)
-        except ProcessLookupError:
-            pass
+        stop_group(self.process)
 
-    def check_alive(self) -> None:
+    def check(self) -> None:
+        """Raises when the station process ended or the simulated BlueZ lost its bus."""
+        if self.bus_lost is not None and self.bus_lost.done():
+            raise RuntimeError("the simulated BlueZ lost its D-Bus connection")
         if self.process is not None and self.process.poll() is not None:
             tail = self.log.read_text(encoding="utf-8", errors="replace")[-2000:]
             raise RuntimeError(f"the station exited ({self.process.returncode}):\n{tail}")
@@ -330,7 +343,7 @@ async def _subscribed(
         missing = [(a, c) for a, c in wanted if not sim.device(a).peripheral.subscribed(c)]
         if not missing:
             return
-        station.check_alive()
+        station.check()
         if time.monotonic() > deadline:
             raise TimeoutError(f"not subscribed after {timeout:.0f} s: {missing[:5]}")
         await asyncio.sleep(0.1)
@@ -383,7 +396,7 @@ class RecordProbe:
         self.round_trips: list[float] = []
 
     async def total(self) -> int:
-        # The token is minted outside the timed region (cached, renewed a minute early).
+        # Cached; a renewal (due a minute early) happens before the notification, untimed.
         headers = {"Authorization": f"Bearer {self._server.auth.value()}"}
         sent = time.perf_counter()
         response = await self._http.get("/fhir/Observation", params=self._params, headers=headers)
@@ -431,23 +444,88 @@ class _Timed:
     item_id: int
 
 
+class TeardownNoise(logging.Filter):
+    """dbus-fast ends a bus connection when a write meets a full socket (EAGAIN, inherited from
+    python-dbus-next, issue #153): at teardown, when the station disconnects every device at
+    once, the simulator's burst of InterfacesRemoved signals can hit it. Only that failure is
+    swallowed, only during teardown, and counted: the figures are measured before."""
+
+    LOGGERS = ("dbus_fast.send_reply", "dbus_fast.aio.message_reader", "dbus_fast.message_bus")
+    ERRNOS = (errno.EAGAIN, errno.EBADF)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.swallowed = 0
+
+    def matches(self, error: BaseException | None) -> bool:
+        return isinstance(error, OSError) and error.errno in self.ERRNOS
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and self.matches(record.exc_info[1]):
+            self.swallowed += 1
+            return False
+        return True
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+
+        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            if self.matches(context.get("exception")):
+                self.swallowed += 1
+            else:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(handler)  # stays: "never retrieved" comes at collection
+
+    def remove(self) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+
+
+@asynccontextmanager
+async def _session(
+    sim: Simulator,
+    station: StationProcess,
+    say: Say,
+    prepare: Callable[[Simulator], None] = lambda _: None,
+) -> AsyncIterator[None]:
+    """The simulator, ``prepare``-d, then the station; down in the reverse order."""
+    noise = TeardownNoise()
+    try:
+        async with sim:
+            prepare(sim)
+            station.bus_lost = asyncio.ensure_future(sim.closed())
+            async with station.running():
+                try:
+                    yield
+                finally:
+                    noise.install(asyncio.get_running_loop())
+                    station.bus_lost.cancel()
+    finally:
+        noise.remove()
+        if noise.swallowed:
+            say(f"teardown: the simulator's bus broke (dbus-fast EAGAIN, {noise.swallowed}×)")
+
+
 async def measure_latency(rig: Rig, options: Options, say: Say) -> Latency:
     belt = DeviceConfig("heart_rate", "C0:FF:EE:20:00:01", name="Latenz-Gurt")
     station = StationProcess(rig, "latency", [belt])
     patient = station.patients[belt.address]
-    async with Simulator([belt], bus_address=rig.bus.address, clock=wall_clock) as sim:
-        with station.running():
-            await _subscribed(sim, station, [(belt.address, HEART_RATE)], options.connect_timeout_s)
-            say(f"latency: {options.warm_up} + {options.samples} notifications …")
-            timed, missing, round_trips = await _latency_samples(
-                sim, station, rig, (belt.address, patient), options
-            )
-            items = await _uploaded_items(station, [t.item_id for t in timed])
+    sim = Simulator([belt], bus_address=rig.bus.address, clock=wall_clock)
+    async with _session(sim, station, say):
+        await _subscribed(sim, station, [(belt.address, HEART_RATE)], options.connect_timeout_s)
+        say(f"latency: {options.warm_up} + {options.samples} notifications …")
+        timed, missing, round_trips = await _latency_samples(
+            sim, station, rig, (belt.address, patient), options
+        )
+        items = await _uploaded_items(station, [t.item_id for t in timed])
     received, uploaded = [], []
     for sample in timed:
-        reading_at, uploaded_at = items[sample.item_id]
-        received.append(reading_at.timestamp() - sample.wall)
-        uploaded.append(uploaded_at.timestamp() - sample.wall)
+        if sample.item_id in items:  # else the station never marked it: no split for it
+            reading_at, uploaded_at = items[sample.item_id]
+            received.append(reading_at.timestamp() - sample.wall)
+            uploaded.append(uploaded_at.timestamp() - sample.wall)
     return Latency(
         received=tuple(received),
         stored=tuple(t.stored_s for t in timed),
@@ -493,7 +571,7 @@ async def _latency_samples(
                 except TimeoutError:
                     stored.cancel()
                     missing += number >= options.warm_up
-                    station.check_alive()
+                    station.check()
                     total, last_id = await record.total(), outbox.last_id()
                     continue
                 if number >= options.warm_up:
@@ -509,7 +587,7 @@ async def _uploaded_items(
     """(received_at, uploaded_at) of each item, once the station has marked them all uploaded
     (the mark follows the record core's answer, so the last one may lag the search)."""
     database = open_database(station.database_path)
-    outbox = Outbox(database, lambda: datetime.now(UTC))
+    outbox = Outbox(database, _utc)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -621,34 +699,26 @@ class _Snapshot:
     cpu: Cpu
 
 
-@dataclass
-class _Window:
-    samples: list[Sample] = field(default_factory=list)
-
-
 async def measure_throughput(rig: Rig, options: Options, say: Say) -> Throughput:
     devices, meter = throughput_devices(options)
     station = StationProcess(rig, "throughput", [*devices, meter])
     plan = streams(devices, random.Random(options.seed))
     counters = Counters()
-    async with Simulator([*devices, meter], bus_address=rig.bus.address, clock=wall_clock) as sim:
-        sim.add_records(meter.address, glucose_records(1, options.glucose_records))
-        counters.glucose = options.glucose_records
-        with station.running():
-            wanted = [(s.address, s.characteristic) for s in plan] + [(meter.address, GLUCOSE)]
-            say(f"throughput: connecting {len(devices) + 1} devices …")
-            await _subscribed(sim, station, wanted, options.connect_timeout_s)
-            database = open_database(station.database_path)
-            try:
-                return await _run_window(
-                    rig, station, sim, Outbox(database, _utc), plan, meter, counters, options, say
-                )
-            finally:
-                database.close()
-
-
-def _utc() -> datetime:
-    return datetime.now(UTC)
+    sim = Simulator([*devices, meter], bus_address=rig.bus.address, clock=wall_clock)
+    # Stored before the station connects: downloaded during the connection and warm-up.
+    records = glucose_records(1, options.glucose_records)
+    counters.glucose = len(records)
+    async with _session(sim, station, say, lambda s: s.add_records(meter.address, records)):
+        wanted = [(s.address, s.characteristic) for s in plan] + [(meter.address, GLUCOSE)]
+        say(f"throughput: connecting {len(devices) + 1} devices …")
+        await _subscribed(sim, station, wanted, options.connect_timeout_s)
+        database = open_database(station.database_path)
+        try:
+            return await _run_window(
+                rig, station, sim, Outbox(database, _utc), plan, meter, counters, options, say
+            )
+        finally:
+            database.close()
 
 
 async def _run_window(
@@ -676,7 +746,7 @@ async def _run_window(
             await asyncio.sleep(options.warm_up_s)
             say(f"throughput: {options.duration_s:.0f} s window …")
             before = await _snapshot(rig, station, outbox, http)
-            window = await _sample(station, outbox, options.duration_s)
+            samples = await _sample(station, outbox, options.duration_s)
             after = await _snapshot(rig, station, outbox, http)
         finally:
             for task in tasks:
@@ -694,14 +764,15 @@ async def _run_window(
         stored_per_s=stored / seconds,
         uploaded_per_s=uploaded / seconds,
         observations_per_s=(after.observations - before.observations) / seconds,
-        samples=tuple(window.samples),
-        slope_per_s=slope([(s.at, float(s.backlog)) for s in window.samples]),
+        samples=tuple(samples),
+        slope_per_s=slope([(s.at, float(s.backlog)) for s in samples]),
         drain_s=drain_s,
         lost=counters.sent + counters.glucose - sum(final.values()),
         review=final[State.REVIEW],
         dropped=counters.dropped,
         cpu=_cpu_shares(before.cpu, after.cpu),
         cores=os.cpu_count() or 1,
+        workers=options.workers,
     )
 
 
@@ -716,25 +787,25 @@ async def _snapshot(
     return _Snapshot(dict(statistics.counts), int(response.json()["total"]), cpu)
 
 
-async def _sample(station: StationProcess, outbox: Outbox, duration: float) -> _Window:
+async def _sample(station: StationProcess, outbox: Outbox, duration: float) -> list[Sample]:
     """The backlog once a second for ``duration`` seconds."""
-    window = _Window()
+    samples = []
     loop = asyncio.get_running_loop()
     start = loop.time()
     for k in range(math.floor(duration) + 1):
         await asyncio.sleep(max(0.0, start + k - loop.time()))
-        station.check_alive()
+        station.check()
         statistics = await asyncio.to_thread(outbox.statistics)
         counts = statistics.counts
         age = statistics.oldest_pending_age(_utc())
-        window.samples.append(
+        samples.append(
             Sample(
                 loop.time() - start,
                 counts[State.RECEIVED] + counts[State.READY],
                 0.0 if age is None else age.total_seconds(),
             )
         )
-    return window
+    return samples
 
 
 async def _drain(
@@ -749,7 +820,7 @@ async def _drain(
             time.monotonic() - start > timeout
         ):
             return time.monotonic() - start, counts
-        station.check_alive()
+        station.check()
         await asyncio.sleep(0.1)
 
 
@@ -907,7 +978,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--only", choices=("latency", "throughput"), default=None)
     parser.add_argument("--samples", type=int, default=defaults.samples, help="latency samples")
     parser.add_argument(
-        "--spacing-ms", type=float, default=defaults.spacing_s * 1000, help="≥ 200 ms apart"
+        "--spacing-ms", type=float, default=defaults.spacing_s * 1000, help="min. gap, ms"
     )
     parser.add_argument("--oximeters", type=int, default=defaults.oximeters)
     parser.add_argument(

@@ -135,7 +135,8 @@ class Database:
 
 
 def open_database(path: Path) -> Database:
-    """Opens (creating if needed) the station database at ``path`` and migrates it."""
+    """Opens (creating if needed, with its directory) the station database and migrates it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # health data: owner only
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     try:
         mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -368,7 +369,9 @@ class Outbox:
 
     def _select(self, where: str, parameters: tuple[Any, ...]) -> list[Item]:
         with self._db.reading() as db:
-            rows = db.execute(f"SELECT {_COLUMNS} FROM readings {where}", parameters).fetchall()
+            # The fragments are this module's constants; values are always parameters.
+            query = f"SELECT {_COLUMNS} FROM readings {where}"  # nosec B608 # constants only
+            rows = db.execute(query, parameters).fetchall()
         return [_item(row) for row in rows]
 
     def _move(
@@ -380,4 +383,5 @@ class Outbox:
                 raise ValueError(f"outbox item {item_id} does not exist")
             if State(row[0]) not in allowed:
                 raise ValueError(f"outbox item {item_id} is {row[0]}, not {' or '.join(allowed)}")
-            db.execute(f"UPDATE readings SET {assignment} WHERE id = ?", (*values, item_id))
+            update = f"UPDATE readings SET {assignment} WHERE id = ?"  # nosec B608 # constants
+            db.execute(update, (*values, item_id))

@@ -4,7 +4,8 @@ https://profiles.ihe.net/ITI/BALP/ — which pattern each interaction (https://h
 http.html) gets: read/vread → Read; search, history and operations → Query with the raw query
 (base64: the URL with its query string, or the form body of ``POST _search``; results are never
 recorded); create/update/patch/delete → Create/Update/Delete naming the version written. Each is
-the Patient variant, once per patient touched (audit_patients.py). The requester comes from the
+the Patient variant, once per patient touched (audit_patients.py; of an AuditEvent in an answer
+only its data subject, never its agent). The requester comes from the
 request's Principal (OAuth ``sub``/``iss``, ``client_id``, ``jti``, roles, organisation, the TCP
 peer); in-process callers without one are the system. ``entity[transaction]`` is the
 X-Request-Id. A failed request carries outcome 4 (the request was wrong: 4xx), 8 (refused: 401,

@@ -49,9 +49,17 @@ def in_compartment(rtype: str, patient_id: str) -> Criterion | None:
 # Whose AuditEvent it is: the compartment's ``patient`` parameter also matches ``agent.who``, so a
 # patient's attempt on someone else's record would count as their own event (and show them the
 # other patient as its data subject). Their own are those naming them as an entity (BALP: the
-# data subject, role 1, or their Patient resource as the data). Known limit: an event about
-# patient C's change to C's Patient resource linking B names B's Patient as data too.
+# data subject, role 1, or their Patient resource as the data). Known limit: a change of B's
+# Patient resource linking it to patient C is also recorded as an event about C, which names B's
+# Patient as its data, so B sees that event of C's too.
 _OWN_PARAMS = {"AuditEvent": ("entity",)}
+
+
+@functools.cache
+def own_compartment() -> Mapping[str, tuple[str, ...]]:
+    """:func:`patient_compartment` with AuditEvent linked through ``entity`` only: what belongs
+    to a patient's own record (access, the Art. 15 export)."""
+    return MappingProxyType({**patient_compartment(), **_OWN_PARAMS})
 
 
 def in_own_records(rtype: str, patient_id: str) -> Criterion | None:

@@ -34,7 +34,7 @@ from compliance.principal import Role
 from compliance.pseudonyms import DEFAULT_MAX_SHIFT_DAYS, StudyPseudonyms
 from compliance.research import deidentify
 from fhir_server._time import format_instant
-from fhir_server.compartments import patient_compartment
+from fhir_server.compartments import own_compartment, patient_compartment
 from fhir_server.context import Context
 from fhir_server.errors import Category, FhirError
 from fhir_server.patient_record import KEPT_TYPES, deleted_members, versions
@@ -103,7 +103,8 @@ def write_patient_export(
 def _record(
     ctx: Context, patient_id: str, patient: StoredVersion, history: bool
 ) -> Iterator[tuple[StoredVersion, str]]:
-    compartment = sorted(patient_compartment().items())
+    # AuditEvents about the patient, not those of their own access to others' records.
+    compartment = sorted(own_compartment().items())
     members: list[StoredVersion] = []
     referenced: set[tuple[str, str]] = set()
     after: tuple[str, str] | None = None

@@ -124,7 +124,9 @@ def create_app(
     config = config or Config()
     if record is None:
         settings = Settings(
-            max_body_bytes=config.max_body_bytes, enforce_references=config.enforce_references
+            max_body_bytes=config.max_body_bytes,
+            enforce_references=config.enforce_references,
+            allow_private_endpoints=config.allow_private_endpoints,
         )
         record = RecordCore.open(
             config.resolved_database_url(),

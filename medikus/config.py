@@ -20,6 +20,10 @@ class Config(BaseSettings):
     migrate: bool = Field(default=True, description="Create/upgrade the schema at start.")
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     enforce_references: bool = Field(default=True, description="References must resolve on write.")
+    allow_private_endpoints: bool = Field(
+        default=False,
+        description="Subscription rest-hooks to loopback/private/link-local addresses (tests, dev).",
+    )
     pool_size: int = Field(default=10, gt=0)
     # Rate limits (medikus/rate_limit.py): shared by all workers through Redis when it is set.
     rate_limit: bool = Field(default=True, description="Rate limits per client (429).")

@@ -65,6 +65,7 @@ def station() -> None:
 def run_command(config_path: Path, simulate: bool) -> None:
     """Runs the station until Ctrl+C / SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upload is noise
     config = _config(config_path)
     if simulate:
         from medikus.station_demo import simulated

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from types import TracebackType
@@ -42,6 +43,11 @@ class Simulator:
     async def start(self) -> None:
         """Connect, export adapter, devices and control interface, then own ``org.bluez``."""
         self._bus = await MessageBus(bus_address=self.bus_address).connect()
+        # dbus-fast drops the connection when a socket write would block (python-dbus-next#153):
+        # a station connecting many devices at once makes a burst of signals; 4 MiB of send
+        # buffer (as far as net.core.wmem_max allows) gives room.
+        if self._bus._sock is not None:
+            self._bus._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         self._bluez = BlueZ(self._bus, self.adapter_address)
         for config in self._configs:
             self.add_device(config)

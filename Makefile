@@ -4,9 +4,29 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint typecheck imports security audit sbom pytest bench clean
+.PHONY: setup frontend-test demo test lint typecheck imports security audit sbom pytest bench clean
 
-setup: $(STAMP)
+# The web apps (frontend/, Vite): built into frontend/dist when the lock file exists. npm ci runs
+# again only when the lock file changes; the build when a source changes.
+FRONTEND_CI_STAMP := frontend/node_modules/.ci-stamp
+FRONTEND_STAMP := frontend/dist/.build-stamp
+FRONTEND_SOURCES := frontend/package.json frontend/tsconfig.json frontend/vite.config.ts \
+	$(wildcard frontend/*.html) $(shell find frontend/src -type f 2>/dev/null)
+
+setup: $(STAMP) $(if $(wildcard frontend/package-lock.json),$(FRONTEND_STAMP))
+
+$(FRONTEND_CI_STAMP): frontend/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing: run 'sudo apt-get install nodejs npm' (Node >= 20.19) and try again." >&2; exit 1; }
+	npm ci --prefix frontend --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(FRONTEND_STAMP): $(FRONTEND_CI_STAMP) $(FRONTEND_SOURCES)
+	npm run build --prefix frontend
+	@touch $@
+
+# Unit tests of the web apps' pure logic (vitest).
+frontend-test: $(FRONTEND_CI_STAMP)
+	npm test --prefix frontend
 
 $(STAMP): pyproject.toml
 	@./scripts/ensure-debian-packages.sh
@@ -55,11 +75,11 @@ sbom: setup
 pytest: setup
 	$(BIN)/python -m pytest
 
-test: lint typecheck imports security audit pytest
+test: lint typecheck imports security audit frontend-test pytest
 
 # make bench [BENCH_ARGS="big --scale 10 --db postgresql"]; see python -m bench {,big,search} --help
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache *.egg-info frontend/dist frontend/node_modules

@@ -7,6 +7,8 @@ accounts.py. Routes:
 - ``GET /auth/authorize`` shows the German login form (user name, password, one-time code),
   ``POST /auth/authorize`` checks it and redirects (303) to the app with code, state and iss;
 - ``POST /auth/token``, ``POST /auth/revoke`` (form-encoded, JSON answers, ``no-store``);
+- ``POST /auth/join``: a patient without an account redeems a join link (``link=…``) or a phone
+  code (``grant=…&code=…``) for a short-lived token for one appointment (join_links.py);
 - ``GET|POST /auth/logout`` (the login cookie's session; or ``POST`` with a bearer token),
   ``GET|POST /auth/password`` (password change; ends every session).
 
@@ -30,6 +32,7 @@ import hashlib
 import hmac
 import html
 import logging
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -41,7 +44,7 @@ from starlette.concurrency import run_in_threadpool
 
 from compliance.accounts import IdentityError, Login, LoginFailed
 from compliance.auth import AuthServices
-from compliance.identity import AuthenticationFailed
+from compliance.identity import AuthenticationFailed, Joined, JoinRefused, JoinThrottled
 from compliance.oauth import AuthorizationRequest, AuthorizeError, OAuthError
 from compliance.scopes import parse_scopes
 
@@ -60,6 +63,15 @@ _FORM_BODY = {
     }
 }
 _CSRF_FIELD = "csrf_token"
+_JOIN_SECRET = re.compile(r"[A-Za-z0-9_-]{1,128}", re.ASCII)  # link tokens and grant ids
+_JOIN_CODE = re.compile(r"[0-9]{8}", re.ASCII)
+# One answer for every refusal (unknown, used, expired, wrong code, attempts used up): a caller
+# cannot tell an existing link from a made-up one. The reason goes to the audit trail only.
+_JOIN_REFUSED = {
+    "error": "invalid_grant",
+    "error_description": "Der Link oder Code ist ungültig, abgelaufen oder schon benutzt. / "
+    "The link or code is invalid, expired or already used.",
+}
 
 
 class _BadForm(Exception):
@@ -87,6 +99,8 @@ class _Endpoints:
             ("/auth/jwks", self.jwks, "GET", "token signing keys", "auth-jwks", False),
             ("/auth/token", self.token, "POST", "token endpoint", "auth-token", True),
             ("/auth/revoke", self.revoke, "POST", "token revocation", "auth-revoke", True),
+            ("/auth/join", self.join, "POST", "redeem a patient join link or phone code",
+             "auth-join", True),
         ):  # fmt: skip
             r.add_api_route(
                 path,
@@ -153,6 +167,39 @@ class _Endpoints:
         if content is None:
             return Response(status_code=200, headers=_NO_STORE)
         return JSONResponse(content, 200, _NO_STORE)
+
+    # --- join links and phone codes ---
+
+    async def join(self, request: Request) -> Response:
+        try:
+            form = await _read_form(request)
+            redeem = _join_call(form)
+        except _BadForm as exc:
+            return JSONResponse(
+                {"error": "invalid_request", "error_description": str(exc)}, 400, _NO_STORE
+            )
+        try:
+            joined: Joined = await run_in_threadpool(redeem, self.s, _address(request))
+        except JoinRefused:
+            return JSONResponse(_JOIN_REFUSED, 400, _NO_STORE)
+        except JoinThrottled as exc:
+            body = {
+                "error": "slow_down",
+                "error_description": "Zu viele Versuche; bitte später erneut versuchen. / "
+                "Too many attempts; please try again later.",
+            }
+            headers = {"Retry-After": str(exc.retry_after_s), **_NO_STORE}
+            return JSONResponse(body, 429, headers)
+        claims = joined.claims
+        answer = {
+            "access_token": joined.token,
+            "token_type": "Bearer",  # nosec B105 # the RFC 6750 token type, not a secret
+            "expires_in": claims.exp - claims.iat,
+            "scope": claims.scope,
+            "purpose": joined.purpose,
+            "patient": joined.patient,
+        }
+        return JSONResponse(answer, 200, _NO_STORE)
 
     # --- authorization (login form) ---
 
@@ -472,6 +519,21 @@ async def _read_form(request: Request, limit: int = MAX_FORM_BYTES) -> dict[str,
     except (UnicodeDecodeError, ValueError) as exc:
         raise _BadForm("the form is not valid application/x-www-form-urlencoded") from exc
     return _single_params(pairs)
+
+
+def _join_call(form: Mapping[str, str]) -> Callable[[AuthServices, str | None], Joined]:
+    """What a join form asks for: a link (``link``) or a phone code (``grant`` and ``code``)."""
+    link, grant, code = form.get("link"), form.get("grant"), form.get("code")
+    if link is not None and grant is None and code is None:
+        if _JOIN_SECRET.fullmatch(link) is None:
+            raise _BadForm("link must be the token of a join link")
+        return lambda s, address: s.join.join_by_link(link, address)
+    if link is None and grant is not None and code is not None:
+        digits = code.replace(" ", "").replace("-", "")  # as read out: "1234 5678"
+        if _JOIN_SECRET.fullmatch(grant) is None or _JOIN_CODE.fullmatch(digits) is None:
+            raise _BadForm("grant must be a grant id and code 8 digits")
+        return lambda s, address: s.join.join_by_code(grant, digits, address)
+    raise _BadForm("send either link, or grant and code")
 
 
 def _single_params(pairs: list[tuple[str, str]]) -> dict[str, str]:

@@ -19,6 +19,7 @@ from compliance.identity import (
     Authenticator,
     Identity,
     JoinAccess,
+    PrefixedFailures,
     SessionPolicy,
 )
 from compliance.join_links import JoinLinks
@@ -27,6 +28,7 @@ from compliance.oauth import AuthorizationServer, AuthUrls
 from compliance.passwords import PasswordHasher
 from compliance.principal import Principal
 from compliance.signing import SigningKeyManager
+from compliance.throttle import LoginThrottle
 from compliance.tokens import AccessTokenClaims
 
 __all__ = ["AuthServices", "AuthenticationFailed", "system_clock"]
@@ -80,7 +82,10 @@ class AuthServices:
             identity = Identity(store, keyring, clock, events=events, policy=policy, hasher=hasher)
             authenticator = Authenticator(identity, signing, store, cache_s=cache_s)
             server = AuthorizationServer(store, identity, signing, urls, events=events)
-            join = JoinAccess(JoinLinks(store.join_grants, clock), signing, events)
+            join_throttle = LoginThrottle(PrefixedFailures(store.failures, "join:"), clock)
+            join = JoinAccess(
+                JoinLinks(store.join_grants, clock), signing, events, throttle=join_throttle
+            )
         except BaseException:
             store.close()
             raise
@@ -95,8 +100,16 @@ class AuthServices:
         self, token: str, address: str | None = None
     ) -> tuple[str, AccessTokenClaims]:
         """A short-lived patient token for a join link (single use); raises
-        :class:`~compliance.join_links.JoinRefused`."""
+        :class:`~compliance.join_links.JoinRefused` or, after many refusals from ``address``,
+        :class:`~compliance.identity.JoinThrottled`."""
         return self.join.redeem_link(token, address)
+
+    def redeem_join_code(
+        self, grant_id: str, code: str, address: str | None = None
+    ) -> tuple[str, AccessTokenClaims]:
+        """A short-lived patient token for the phone code of join grant ``grant_id`` (single
+        use, a few attempts); raises :class:`~compliance.join_links.JoinRefused`."""
+        return self.join.redeem_code(grant_id, code, address)
 
     def close(self) -> None:
         self.store.close()

@@ -49,6 +49,7 @@ from compliance.join_links import (
 from compliance.principal import Principal, Role
 from compliance.scopes import Level, ScopeError, Scopes, parse_scopes
 from compliance.signing import SigningKeyManager
+from compliance.throttle import Failures, FailureStore, LoginThrottle, address_key
 from compliance.tokens import AccessTokenClaims, TokenError
 
 __all__ = [
@@ -61,6 +62,8 @@ __all__ = [
     "IdentityError",
     "JoinAccess",
     "JoinRefused",
+    "JoinThrottled",
+    "Joined",
     "Login",
     "LoginFailed",
     "PasswordRejected",
@@ -71,6 +74,10 @@ __all__ = [
 ]
 
 JOIN_CLIENT_ID = "medikus-join"
+# Not longer than every other access token (tokens.py refuses to issue or accept more than
+# 300 s, and signing.py holds a rotated-out key only that long): a join token has no session to
+# end, so its lifetime is the only way it stops. The device check (camera, microphone, speaker)
+# needs no token; the join page redeems the link when the patient is ready, not before.
 JOIN_TOKEN_LIFETIME_S = 300
 _SECOND = 1_000_000
 # RFC 6750 §2.1: credentials = "Bearer" 1*SP b64token
@@ -317,8 +324,51 @@ def purpose_scope(purpose: str) -> str:
     return scope
 
 
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """A redeemed join grant: the access token, its claims, and what it is for."""
+
+    token: str
+    claims: AccessTokenClaims
+    purpose: str  # e.g. Appointment/123
+    patient: str  # the patient's id (without "Patient/")
+
+
+class JoinThrottled(Exception):
+    """Too many refused join attempts from this address (or for this code) lately; try again
+    after ``retry_after_s``. Not counted as a further failure, so waiting it out works."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"join attempts throttled; retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class PrefixedFailures:
+    """A :class:`~compliance.throttle.FailureStore` view whose keys carry a prefix, so the join
+    attempts of an address are counted apart from its password logins (a care home's patients
+    reloading used links must not slow down its staff's logins, nor the other way round)."""
+
+    def __init__(self, store: FailureStore, prefix: str) -> None:
+        self._store = store
+        self._prefix = prefix
+
+    def get(self, key: str) -> Failures | None:
+        return self._store.get(self._prefix + key)
+
+    def add_failure(self, key: str, at: int, forget_before: int) -> Failures:
+        return self._store.add_failure(self._prefix + key, at, forget_before)
+
+    def clear(self, key: str) -> None:
+        self._store.clear(self._prefix + key)
+
+
 class JoinAccess:
-    """Issues join links and phone codes and redeems them for a short-lived patient token."""
+    """Issues join links and phone codes and redeems them for a short-lived patient token.
+
+    With a ``throttle``, refused redemptions back off (throttle.py) per client address and per
+    code grant (the code's own attempt limit stays the hard stop) or, for links, per address:
+    a 256-bit link cannot be guessed, but probing should still be slow and visible.
+    """
 
     def __init__(
         self,
@@ -327,11 +377,13 @@ class JoinAccess:
         events: Events,
         *,
         lifetime_s: int = JOIN_TOKEN_LIFETIME_S,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         self._links = links
         self._signing = signing
         self._events = events
         self._lifetime_s = lifetime_s
+        self._throttle = throttle
 
     def issue_link(self, subject: str, purpose: str, ttl_s: int = DEFAULT_LINK_TTL_S) -> IssuedLink:
         """A link for ``subject`` (``Patient/<id>``) to do ``purpose`` (e.g. ``Appointment/1``)."""
@@ -347,26 +399,54 @@ class JoinAccess:
         return issued
 
     def redeem_link(self, token: str, address: str | None = None) -> tuple[str, AccessTokenClaims]:
-        """The access token of a join link (single use); raises :class:`JoinRefused`."""
-        return self._redeem(lambda: self._links.redeem_link(token), address)
+        """The access token of a join link (single use); raises :class:`JoinRefused` or
+        :class:`JoinThrottled`."""
+        joined = self.join_by_link(token, address)
+        return joined.token, joined.claims
 
     def redeem_code(
         self, grant_id: str, code: str, address: str | None = None
     ) -> tuple[str, AccessTokenClaims]:
-        return self._redeem(lambda: self._links.redeem_code(grant_id, code), address)
+        """The access token of a phone code for grant ``grant_id``; raises :class:`JoinRefused`
+        (also after the grant's attempts are used up) or :class:`JoinThrottled`."""
+        joined = self.join_by_code(grant_id, code, address)
+        return joined.token, joined.claims
+
+    def join_by_link(self, token: str, address: str | None = None) -> Joined:
+        """:meth:`redeem_link` with the grant's purpose (for the join endpoint's answer)."""
+        key = "link:" + address_key(address or "unknown")
+        return self._redeem(lambda: self._links.redeem_link(token), address, key)
+
+    def join_by_code(self, grant_id: str, code: str, address: str | None = None) -> Joined:
+        """:meth:`redeem_code` with the grant's purpose (for the join endpoint's answer)."""
+        key = "code:" + grant_id
+        return self._redeem(lambda: self._links.redeem_code(grant_id, code), address, key)
 
     def revoke(self, grant_id: str) -> None:
         self._links.revoke(grant_id)
         self._events.emit("join-grant-revoked", grant=grant_id)
 
-    def _redeem(
-        self, redeem: Callable[[], JoinGrant], address: str | None
-    ) -> tuple[str, AccessTokenClaims]:
+    def _redeem(self, redeem: Callable[[], JoinGrant], address: str | None, key: str) -> Joined:
+        where = address or "unknown"
+        if self._throttle is not None:
+            verdict = self._throttle.check(key, where)
+            if not verdict.allowed:
+                self._events.emit(
+                    "join-refused",
+                    reason="throttled",
+                    address=address,
+                    retry_after_s=str(verdict.retry_after_s),
+                )
+                raise JoinThrottled(verdict.retry_after_s)
         try:
             grant = redeem()
         except JoinRefused as exc:
+            if self._throttle is not None:
+                self._throttle.failed(key, where)
             self._events.emit("join-refused", reason=exc.reason.value, address=address)
             raise
+        if self._throttle is not None:
+            self._throttle.succeeded(key, where)
         patient = grant.subject.removeprefix("Patient/")
         token, claims = self._signing.tokens(self._lifetime_s).issue(
             subject=f"join:{grant.grant_id}",
@@ -383,7 +463,7 @@ class JoinAccess:
             address=address,
             jti=claims.jti,
         )
-        return token, claims
+        return Joined(token, claims, grant.purpose, patient)
 
 
 def _check_grant(subject: str, purpose: str) -> None:

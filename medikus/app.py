@@ -11,11 +11,13 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from compliance._http import install_auth
 from compliance.auth import AuthServices
@@ -30,6 +32,15 @@ from medikus.auth_setup import open_auth
 from medikus.config import Config
 from medikus.rate_limit import Clock, MemoryBuckets, RateLimit, RedisBuckets
 from medikus.security_headers import ASGIApp, SecurityHeaders
+from medikus.video_setup import (
+    EncounterRecorder,
+    access,
+    appointment_participants,
+    authenticator,
+    build_hub,
+)
+from video._http import install_video
+from video.hub import Hub
 
 
 class _App(FastAPI):
@@ -141,6 +152,7 @@ def create_app(
         record.warm_up()
         auth = auth or open_auth(config)
     core = record
+    hub: Hub | None = None  # video signalling (with identity only)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -152,6 +164,8 @@ def create_app(
         await run_in_threadpool(core.stop_notifications)
         await run_in_threadpool(core.stop_audit)
         core.close()
+        if hub is not None:
+            await hub.bus.close()
         if auth is not None:
             auth.close()
 
@@ -168,6 +182,9 @@ def create_app(
         auth.events.connect(_security_sink(core))
         install_auth(app, auth)  # first: its /fhir/.well-known route precedes the FHIR routes
         core.install(app, authenticate=_authenticator(auth))
+        hub = build_hub(config, EncounterRecorder(core))
+        allowed = access(appointment_participants(core))
+        install_video(app, hub, authenticator(auth), allowed)
     else:
         core.install(app)  # an injected record core without identity: tests acting as the system
 
@@ -185,4 +202,14 @@ def create_app(
 
     app.state.record = core
     app.state.auth = auth
+    _mount_web_apps(app)
     return app
+
+
+# The web apps (frontend/, built by `make setup` into frontend/dist), when they are built.
+WEB_APPS = Path(__file__).resolve().parents[1] / "frontend" / "dist"
+
+
+def _mount_web_apps(app: FastAPI) -> None:
+    if WEB_APPS.is_dir():
+        app.mount("/app", StaticFiles(directory=WEB_APPS, html=True), name="app")

@@ -115,13 +115,19 @@ def test_every_device_type_arrives_as_phd_observations(station: Station, tmp_pat
             )
         await eventually(lambda: len(coded(observations(server, patient), "147842")) == 1)
         await eventually(lambda: len(glucose_sequences(observations(server, patient))) == 3)
+        # A truncated payload is kept for review with its raw bytes, never dropped or guessed.
+        assert sim.notify(CUFF.address, "2a35", bytes.fromhex("1E7800"))
+        await eventually(lambda: _states(config)[State.REVIEW] == 1)
         while watching.backlog:
             live.append(await anext(watching))
 
     run(serve(config, devices, body))
     # Whoever watches got every reading as it arrived, with its Observations and patient.
     assert {r.device_address for r in live} == {d.address for d in devices}
-    assert all(r.patient_id == patient and r.observations for r in live)
+    assert all(r.patient_id == patient and r.observations for r in live[:-1])
+    assert live[-1].raw == bytes.fromhex("1E7800") and "nicht lesbar" in (
+        live[-1].review_reason or ""
+    )
     found = observations(server, patient)
     (panel,) = coded(found, "150020")
     assert [component(panel, c) for c in ("150021", "150022", "150023")] == [120, 80, 93]

@@ -56,6 +56,7 @@ PUBLIC = {
     ("GET", "/auth/jwks"),
     ("POST", "/auth/token"),
     ("POST", "/auth/revoke"),
+    ("POST", "/auth/join"),
 }
 SCHEME = "bearer"
 BEARER = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}

@@ -5,7 +5,8 @@
 the same at scale 1. ``python -m bench big --help`` lists their flags (bench/big.py).
 ``python -m bench compliance``: authorisation, audit and encryption, with and without
 (bench/compliance.py). ``python -m bench station``: one pilot-centre station's latency and
-throughput, BLE simulated (bench/station.py).
+throughput, BLE simulated (bench/station.py). ``python -m bench video``: admit to first video
+frame in Chromium, signalling capacity of the websocket hub (bench/video.py).
 
 Transactions: https://hl7.org/fhir/R4/http.html#transaction — reads: https://hl7.org/fhir/R4/http.html#read
 Prints a table and writes the figures to ``bench/results/<timestamp>.json``. Every server process,
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from bench import big, compliance, floor, ingest, station, suite
+from bench import big, compliance, floor, ingest, station, suite, video
 from bench.databases import KINDS
 from bench.report import DatabaseResult, noise_note, run_meta, table, write_json
 from bench.server import load_average
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return compliance.main(argv[1:], _say)
     if argv and argv[0] == "station":
         return station.main(argv[1:], _say)
+    if argv and argv[0] == "video":
+        return video.main(argv[1:], _say)
     args = parse_args(argv)
     started = datetime.now(UTC)
     load = load_average()

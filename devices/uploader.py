@@ -212,6 +212,7 @@ class Uploader:
         self._jitter = jitter
         self._new_urn = new_urn
         self._wake = asyncio.Event()
+        self.idle = asyncio.Event()  # set while waiting for news
         self.failures = 0  # consecutive transient failures (monitoring)
         self.last_error: str | None = None
 
@@ -223,7 +224,9 @@ class Uploader:
         """Uploads until cancelled; sleeps until :meth:`wake` when nothing is ready."""
         while True:
             self._wake.clear()  # before draining: a wake during the drain is not lost
+            self.idle.clear()
             await self.drain()
+            self.idle.set()  # everything ready went up (monitoring, tests)
             await self._wake.wait()
 
     async def drain(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,10 +35,34 @@ class Config(BaseSettings):
         default="http://127.0.0.1:8000",
         description="The URL clients reach this server at (token issuer; FHIR base = …/fhir).",
     )
+    # Video consultations (video/turn.py): STUN/TURN servers offered to the browsers; TURN
+    # credentials are time-limited, made from the secret shared with coturn (use-auth-secret).
+    stun_urls: str = Field(default="", description="stun:host:3478, comma-separated")
+    turn_urls: str = Field(
+        default="", description="turn:host:3478?transport=udp,turns:host:5349, comma-separated"
+    )
+    turn_secret: str = Field(default="", description="coturn static-auth-secret")
+    turn_ttl_s: int = Field(default=3600, gt=0, le=86400)
     key_file: Path | None = Field(
         default=None,
         description="The master key file (mode 600, outside git); default: data_dir/keys.json.",
     )
+
+    def ice_servers(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(STUN URLs, TURN URLs) from the comma-separated settings."""
+
+        def split(text: str) -> tuple[str, ...]:
+            return tuple(u.strip() for u in text.split(",") if u.strip())
+
+        return split(self.stun_urls), split(self.turn_urls)
+
+    @model_validator(mode="after")
+    def _turn_needs_secret(self) -> Config:
+        if self.turn_urls.strip() and not self.turn_secret:
+            raise ValueError(
+                "MEDIKUS_TURN_URLS needs MEDIKUS_TURN_SECRET (coturn static-auth-secret)"
+            )
+        return self
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -30,6 +30,7 @@ from video.calls import Call, CallRecorder
 from video.hub import Hub
 from video.redis_bus import RedisBus
 from video.rooms import Role as RoomRole
+from video.turn import IceServers, TurnCredentials, static_ice_servers
 
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
@@ -49,7 +50,16 @@ _log = logging.getLogger(__name__)
 def build_hub(config: Config, recorder: CallRecorder | None = None) -> Hub:
     """One hub per process; with ``redis_url`` the rooms are shared by all processes."""
     bus: Bus = RedisBus(config.redis_url) if config.redis_url else MemoryBus()
-    return Hub(bus, recorder=recorder)
+    return Hub(bus, recorder=recorder, ice_servers=ice_servers(config))
+
+
+def ice_servers(config: Config) -> IceServers:
+    """STUN as configured; TURN with per-participant credentials valid ``turn_ttl_s``."""
+    stun, turn = config.ice_servers()
+    if turn:
+        secret = config.turn_secret.encode()
+        return TurnCredentials(turn, secret, config.turn_ttl_s, stun)
+    return static_ice_servers([{"urls": list(stun)}] if stun else [])
 
 
 class EncounterRecorder:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol, TypeVar
@@ -36,6 +36,7 @@ from video.protocol import (
     serialise,
 )
 from video.rooms import Participant, Role, Room, RoomError
+from video.turn import IceServers, static_ice_servers
 
 POLICY_VIOLATION: Final = 1008
 NORMAL: Final = 1000
@@ -161,7 +162,7 @@ class Hub:
         *,
         clock: Callable[[], float] = time.monotonic,
         ids: Callable[[], str] = new_participant_id,
-        ice_servers: Sequence[Mapping[str, Any]] = (),
+        ice_servers: IceServers | None = None,
         rate: float = 30.0,
         burst: int = 60,
         outbox: int = 256,
@@ -171,7 +172,7 @@ class Hub:
         self.bus = bus
         self._clock = clock
         self._ids = ids
-        self._ice = [dict(s) for s in ice_servers]
+        self._ice = ice_servers or static_ice_servers()  # none: host candidates only (LAN)
         self._rate, self._burst, self._outbox = rate, burst, outbox
         self._recorder: CallRecorder = recorder or NoRecorder()
         self._now = now
@@ -261,7 +262,7 @@ class Hub:
                     "you": me.public(),
                     "state": "in-call" if in_call else "waiting",
                     "participants": roster,
-                    "iceServers": self._ice,
+                    "iceServers": self._ice(me.id),
                 }
             )
             for other in waiting:

@@ -29,7 +29,10 @@ class RedisBus:
     """``prefix`` separates installations (and tests) sharing one Redis."""
 
     def __init__(self, url: str, prefix: str = "medikus:video:") -> None:
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(url)
+        # A blocking pool: under load requests wait for a free connection instead of failing
+        # with "Too many connections" (redis-py's default pool raises at its cap).
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=5)
+        self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)  # closes the pool too
         self._prefix = prefix
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None

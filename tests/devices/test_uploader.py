@@ -366,6 +366,7 @@ def test_wake_sends_at_once_and_batches_are_bounded(station: Station, outbox: Ou
             running = asyncio.create_task(uploader.run())
             await wait_for(lambda: outbox.statistics().counts[State.UPLOADED] == 7, 20)
             assert transport.transactions() == 3  # 3 + 3 + 1
+            await asyncio.wait_for(uploader.idle.wait(), 10)  # the drain has ended
 
             item = enqueue(outbox, patient, unique("late"))
             await asyncio.sleep(0.3)  # not woken: the uploader does not poll

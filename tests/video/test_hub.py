@@ -11,6 +11,7 @@ from typing import Any
 from video.bus import MemoryBus
 from video.hub import Hub
 from video.rooms import Role
+from video.turn import IceServers, static_ice_servers
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,13 @@ class Clock:
 def run(
     scenario: Callable[[Hub, Callable[..., Awaitable[Client]]], Awaitable[None]],
     clock: Clock | None = None,
+    ice_servers: IceServers | None = None,
 ) -> None:
     clock = clock or Clock()
+    ice = ice_servers or static_ice_servers([{"urls": "stun:stun.example"}])
 
     async def main() -> None:
-        hub = Hub(MemoryBus(), clock=clock, ice_servers=[{"urls": "stun:stun.example"}])
+        hub = Hub(MemoryBus(), clock=clock, ice_servers=ice)
         tasks: list[asyncio.Task[None]] = []
 
         async def connect(token: str, room: str = "a1", **extra: Any) -> Client:
